@@ -1,0 +1,78 @@
+"""Node settings: defaults fitted to a real network, every interval overridable.
+
+Tests and simulations shorten the intervals to seconds; a device's config file
+(``config.toml`` in the node's home, section ``[node]``) can change any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+HOUR = 3600
+DAY = 24 * HOUR
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ksize: int = 20
+    """Replication factor and bucket size (Kademlia's k)."""
+    alpha: int = 3
+    """Lookup parallelism (Kademlia's α)."""
+    republish_interval: float = DAY
+    """How often a publisher stores its own values on the k closest nodes again."""
+    replicate_interval: float = HOUR
+    """How often a holder hands its replicas to the nodes now closest to each key."""
+    refresh_interval: float = HOUR
+    """Buckets with no lookup for this long are refreshed with a random lookup."""
+    expire_interval: float = 300.0
+    """How often expired values are dropped."""
+    contacts_save_interval: float = 60.0
+    """How often the routing table is saved to the home, for rejoining after a restart."""
+    value_ttl: float = 2 * DAY
+    """How long a replica of a block lives without a STORE refreshing it."""
+    cache_ttl: float = HOUR
+    """How long a fetched copy is kept and served."""
+    record_ttl: float = 7 * DAY
+    """Lifetime given to records this node signs."""
+    stale_after_failures: int = 3
+    """Consecutive unanswered requests before a contact is dropped from the routing table."""
+    rpc_timeout_initial: float = 1.0
+    rpc_timeout_min: float = 0.2
+    rpc_timeout_max: float = 5.0
+    max_replica_bytes: int = 1 << 30
+    """Bytes of other nodes' data this node accepts before answering STORE with "full"."""
+    max_pending_requests: int = 1024
+    """Requests served concurrently; more are dropped rather than queued without bound."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{f.name} must be a number, not {value!r}")
+            if value <= 0:
+                raise ConfigError(f"{f.name} must be greater than 0, not {value!r}")
+        if not self.rpc_timeout_min <= self.rpc_timeout_initial <= self.rpc_timeout_max:
+            raise ConfigError("need rpc_timeout_min <= rpc_timeout_initial <= rpc_timeout_max")
+        for name in ("ksize", "alpha", "stale_after_failures", "max_replica_bytes", "max_pending_requests"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"{name} must be a whole number")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> NodeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown node setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

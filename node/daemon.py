@@ -1,0 +1,101 @@
+"""The long-running node of a device, in the foreground as service managers expect.
+
+It prints one line when ready (``listening on HOST:PORT node <id>``), joins
+through the configured peers and the contacts saved at its last run, keeps
+retrying with back-off while it has no peer, and on SIGINT or SIGTERM saves
+its contacts and closes its database before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+from aether.node.home import DaemonSettings, Home, HomeError
+from aether.node.server import AetherNode
+from aether.storage.store import StoreError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "daemon.lock"
+MAX_BACKOFF = 60.0
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def _lock(home: Home) -> IO:
+    """Hold an exclusive lock on the home for the daemon's lifetime."""
+    path = home.path / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DaemonError(f"another daemon is already running on {home.path}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -> None:
+    identity = home.identity()
+    lock = _lock(home)
+    try:
+        try:
+            store = home.open_store()
+        except StoreError as exc:
+            raise DaemonError(str(exc)) from None
+        node = AetherNode(identity, store, settings.node)
+        try:
+            host, port = settings.listen
+            try:
+                await node.listen(port, host)
+            except OSError as exc:
+                raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            bound_host, bound_port = node.address
+            print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            joiner = asyncio.ensure_future(_keep_joined(node, settings, stop))
+            await stop.wait()
+            joiner.cancel()
+            log.info("stopping")
+        finally:
+            node.stop()
+            store.close()
+    finally:
+        lock.close()
+
+
+async def _keep_joined(node: AetherNode, settings: DaemonSettings, stop: asyncio.Event) -> None:
+    """Join, and while the routing table is empty keep trying with exponential back-off."""
+    delay = 1.0
+    while not stop.is_set():
+        if not node.protocol.contacts():
+            saved = [(host, port) for _, host, port in node.store.load_contacts()]
+            peers = list(dict.fromkeys(settings.bootstrap + saved))
+            if peers:
+                found = await node.bootstrap(peers)
+                if found:
+                    log.info("joined the network through %d peer(s); %d contacts", len(peers), len(node.protocol.contacts()))
+                    delay = 1.0
+                else:
+                    log.warning("no peer answered; retrying in %.0f s", delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+        if not node.protocol.contacts():
+            delay = min(MAX_BACKOFF, delay * 2)

@@ -1,0 +1,169 @@
+"""Iterative α-parallel lookups that never wait on the slowest peer.
+
+The stock crawler works in rounds: it asks α peers, waits for *all* of them,
+then starts the next round, so one dead peer stalls each round for a full
+timeout. Here up to α requests are in flight at all times; each reply
+immediately makes room for the next-closest unasked peer. The lookup ends
+when the k closest peers it knows of have all answered (Kademlia's
+termination rule), when a valid block is found, or when nobody is left to ask.
+
+Values returned by peers are checked (:func:`aether.node.values.check_value`)
+before use; a peer returning a bad value is counted as a liar and its answer
+ignored. For records the lookup keeps going and returns the highest sequence
+number seen, with the peers that still hold older ones, so callers can repair
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kademlia.node import Node
+
+from aether.node.values import Block, Record, ValueRejected, check_value
+
+if TYPE_CHECKING:
+    from aether.node.protocol import AetherProtocol, FindReply
+
+_NEW, _ASKED, _ANSWERED, _FAILED = range(4)
+
+
+@dataclass
+class LookupResult:
+    target: bytes
+    closest: list[Node] = field(default_factory=list)
+    """The k closest peers that answered, nearest first."""
+    value: Block | Record | None = None
+    holders: list[Node] = field(default_factory=list)
+    """Peers that returned the chosen value."""
+    stale: list[Node] = field(default_factory=list)
+    """Peers that returned an older record than the chosen one."""
+    without_value: list[Node] = field(default_factory=list)
+    """Peers that answered without a value (nearest first)."""
+    messages: int = 0
+    failures: int = 0
+    rejected: int = 0
+    hops: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Entry:
+    node: Node
+    distance: int
+    depth: int
+    state: int = _NEW
+
+
+class Lookup:
+    def __init__(
+        self,
+        protocol: AetherProtocol,
+        target: bytes,
+        seeds: list[Node],
+        *,
+        k: int,
+        alpha: int,
+        want_value: bool,
+    ):
+        self.protocol = protocol
+        self.target = target
+        self.target_long = int.from_bytes(target, "big")
+        self.k = k
+        self.alpha = alpha
+        self.want_value = want_value
+        self.entries: dict[bytes, _Entry] = {}
+        self.own_id = protocol.source_node.id
+        self.result = LookupResult(target)
+        self._records: list[tuple[Record, Node]] = []
+        for node in seeds:
+            self._add(node, depth=1)
+
+    def _add(self, node: Node, depth: int) -> None:
+        if node.id == self.own_id:
+            return
+        entry = self.entries.get(node.id)
+        if entry is None:
+            self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth)
+        elif depth < entry.depth and entry.state == _NEW:
+            entry.depth = depth
+
+    def _closest_live(self) -> list[_Entry]:
+        live = [e for e in self.entries.values() if e.state != _FAILED]
+        live.sort(key=lambda e: e.distance)
+        return live[: self.k]
+
+    async def run(self) -> LookupResult:
+        started = time.monotonic()
+        in_flight: dict[asyncio.Task, _Entry] = {}
+        try:
+            while True:
+                closest = self._closest_live()
+                for entry in closest:
+                    if len(in_flight) >= self.alpha:
+                        break
+                    if entry.state == _NEW:
+                        entry.state = _ASKED
+                        self.result.messages += 1
+                        task = asyncio.ensure_future(self.protocol.query(entry.node, self.target, self.want_value))
+                        in_flight[task] = entry
+                if not in_flight:
+                    break
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                found_block = False
+                for task in done:
+                    entry = in_flight.pop(task)
+                    found_block |= self._handle(entry, task.result())
+                if found_block:
+                    break
+        finally:
+            for task in in_flight:
+                self.protocol.adopt(task)
+        self._finish()
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _handle(self, entry: _Entry, reply: FindReply) -> bool:
+        """Fold one reply into the lookup; True when a valid block ends it."""
+        if not reply.ok:
+            entry.state = _FAILED
+            self.result.failures += 1
+            return False
+        entry.state = _ANSWERED
+        if reply.value is not None:
+            try:
+                checked = check_value(self.target, reply.value)
+            except ValueRejected:
+                self.result.rejected += 1
+                entry.state = _FAILED  # a liar: neither trusted for the value nor counted among the closest
+                return False
+            if isinstance(checked, Block):
+                self.result.value = checked
+                self.result.holders.append(entry.node)
+                self.result.hops = entry.depth
+                return True
+            self._records.append((checked, entry.node))
+            self.result.hops = max(self.result.hops, entry.depth)
+            return False
+        self.result.without_value.append(entry.node)
+        for contact in reply.contacts:
+            self._add(contact, entry.depth + 1)
+        return False
+
+    def _finish(self) -> None:
+        answered = sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance)
+        self.result.closest = [e.node for e in answered[: self.k]]
+        if not self.result.hops and answered:
+            self.result.hops = max(e.depth for e in answered[: self.k])
+        self.result.without_value.sort(key=lambda n: n.long_id ^ self.target_long)
+        if self._records:
+            best = max(self._records, key=lambda rn: rn[0].record.seq)[0]
+            self.result.value = best
+            for checked, node in self._records:
+                if checked.record.seq == best.record.seq and checked.data == best.data:
+                    self.result.holders.append(node)
+                else:
+                    self.result.stale.append(node)

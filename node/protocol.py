@@ -1,0 +1,304 @@
+"""The wire protocol of a node: kademlia's RPCs, made safe to face the network.
+
+:class:`AetherProtocol` subclasses ``kademlia.protocol.KademliaProtocol`` and
+keeps its RPC names, arguments and replies, so stock nodes interoperate. What
+changes, each at its root:
+
+* datagrams are decoded by :mod:`aether.node.wire` (C msgpack, bounded
+  sizes); nothing a peer sends raises out of ``datagram_received``;
+* every RPC waits for a timeout fitted to the peer's measured round trips
+  (:mod:`aether.node.rtt`) instead of a fixed 5 s, and a reply is only accepted
+  from the address the request went to;
+* a contact leaves the routing table after several consecutive unanswered
+  requests, not the first one, so a node survives packet loss and churn;
+* STORE accepts only verifiable values (:mod:`aether.node.values`) and
+  answers a refusal with an error reply;
+* a new contact is handed the values it should hold using the key itself as
+  the distance target (the stock code hashes the key a second time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+
+from aether.node import wire
+from aether.node.rtt import RttEstimator
+from aether.node.values import KEY_BYTES
+
+if TYPE_CHECKING:
+    from aether.node.server import AetherNode
+
+log = logging.getLogger(__name__)
+
+RPC_ARITY = {"ping": 1, "stun": 0, "store": 3, "find_node": 2, "find_value": 2}
+"""Each RPC a peer may call, with the number of arguments it takes."""
+
+
+def error_reply(reason: str, message: str) -> dict[str, str]:
+    """The reply to a refused request; stock nodes read any reply to STORE as success."""
+    return {"error": reason, "message": message}
+
+
+def is_node_id(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == KEY_BYTES
+
+
+def parse_contact(item: Any) -> Node | None:
+    """A ``[id, host, port]`` triple from a peer, or None if it is not a valid contact."""
+    if not (isinstance(item, list) and len(item) == 3):
+        return None
+    node_id, host, port = item
+    if not is_node_id(node_id) or not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
+        return None
+    if not 0 < port < 65536 or len(host) > 64:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return Node(node_id, host, port)
+
+
+@dataclass
+class FindReply:
+    ok: bool
+    value: bytes | None = None
+    contacts: list[Node] = field(default_factory=list)
+
+
+class AetherProtocol(KademliaProtocol):
+    def __init__(self, owner: AetherNode):
+        super().__init__(owner.node, owner.store, owner.ksize)
+        self.owner = owner
+        config = owner.config
+        self.rtt = RttEstimator(
+            initial=config.rpc_timeout_initial, minimum=config.rpc_timeout_min, maximum=config.rpc_timeout_max
+        )
+        self.stale_after = config.stale_after_failures
+        self.max_pending = config.max_pending_requests
+        self.stats: Counter[str] = Counter()
+        self._failures: dict[bytes, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._serving = 0
+
+    # ----------------------------------------------------------- background tasks
+    def adopt(self, task: asyncio.Future) -> None:
+        """Keep a reference to a background task so it is neither lost nor leaked at stop."""
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for future, handle, _, _ in list(self._outstanding.values()):
+            handle.cancel()
+            if not future.done():
+                future.set_result((False, None))
+        self._outstanding.clear()
+
+    # ----------------------------------------------------------- datagrams in
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            message = wire.decode(data)
+        except wire.WireError as exc:
+            self.stats["malformed"] += 1
+            log.debug("dropped datagram from %s: %s", addr, exc)
+            return
+        if message.kind == wire.RESPONSE:
+            self._accept_response(message.msg_id, message.body, addr)
+            return
+        if self._serving >= self.max_pending:
+            self.stats["overloaded"] += 1
+            return
+        self._serving += 1
+        self.adopt(asyncio.ensure_future(self._serve(message, addr)))
+
+    async def _serve(self, message: wire.Message, address: tuple) -> None:
+        try:
+            name, args = message.body
+            if RPC_ARITY.get(name) != len(args):
+                self.stats["bad_request"] += 1
+                log.debug("dropped request %r with %d args from %s", name, len(args), address)
+                return
+            self.stats[f"rpc_{name}"] += 1
+            result = getattr(self, f"rpc_{name}")(address, *args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            self.transport.sendto(wire.encode_response(message.msg_id, result), address)
+        except wire.WireError as exc:
+            log.error("reply to %s not sent: %s", address, exc)
+        finally:
+            self._serving -= 1
+
+    def _accept_response(self, msg_id: bytes, data: Any, address: tuple) -> None:
+        pending = self._outstanding.get(msg_id)
+        if pending is None:
+            self.stats["unexpected_reply"] += 1
+            return
+        future, handle, peer, sent_at = pending
+        if tuple(address[:2]) != peer:
+            self.stats["reply_from_wrong_address"] += 1
+            return
+        del self._outstanding[msg_id]
+        handle.cancel()
+        self.rtt.observe(peer, time.monotonic() - sent_at)
+        if not future.done():
+            future.set_result((True, data))
+
+    def _timeout(self, msg_id: bytes) -> None:
+        pending = self._outstanding.pop(msg_id, None)
+        if pending is None:
+            return
+        future, _, peer, _ = pending
+        self.stats["timeouts"] += 1
+        self.rtt.backoff(peer)
+        if not future.done():
+            future.set_result((False, None))
+
+    # ----------------------------------------------------------- calls out
+    def _call(self, address: tuple, name: str, *args: Any) -> asyncio.Future:
+        """Send one request; the future resolves to ``(True, reply)`` or ``(False, None)``."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        peer = (str(address[0]), int(address[1]))
+        msg_id = os.urandom(wire.MSG_ID_BYTES)
+        datagram = wire.encode_request(msg_id, name, args)
+        handle = loop.call_later(self.rtt.timeout_for(peer), self._timeout, msg_id)
+        self._outstanding[msg_id] = (future, handle, peer, time.monotonic())
+        self.stats["requests_sent"] += 1
+        if self.transport is None or self.transport.is_closing():
+            self._timeout(msg_id)
+            handle.cancel()
+        else:
+            self.transport.sendto(datagram, peer)
+        return future
+
+    # Explicit stubs replace rpcudp's __getattr__ magic; stock code calling
+    # ``protocol.ping(address, node_id)`` reaches these.
+    def ping(self, address: tuple, nodeid: bytes) -> asyncio.Future:
+        return self._call(address, "ping", nodeid)
+
+    def stun(self, address: tuple) -> asyncio.Future:
+        return self._call(address, "stun")
+
+    def store(self, address: tuple, nodeid: bytes, key: bytes, value: bytes) -> asyncio.Future:
+        return self._call(address, "store", nodeid, key, value)
+
+    def find_node(self, address: tuple, nodeid: bytes, key: bytes) -> asyncio.Future:
+        return self._call(address, "find_node", nodeid, key)
+
+    def find_value(self, address: tuple, nodeid: bytes, key: bytes) -> asyncio.Future:
+        return self._call(address, "find_value", nodeid, key)
+
+    async def query(self, node: Node, target: bytes, want_value: bool) -> FindReply:
+        """FIND_VALUE or FIND_NODE to one peer, with its reply checked and parsed."""
+        method = self.find_value if want_value else self.find_node
+        ok, body = self.handle_call_response(await method((node.ip, node.port), self.source_node.id, target), node)
+        if not ok:
+            return FindReply(False)
+        if isinstance(body, dict):
+            value = body.get("value")
+            return FindReply(True, value=value if isinstance(value, bytes) else None)
+        contacts = []
+        if isinstance(body, list):
+            for item in body[: self.router.ksize]:
+                contact = parse_contact(item)
+                if contact is not None and contact.id != self.source_node.id:
+                    contacts.append(contact)
+        return FindReply(True, contacts=contacts)
+
+    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        result = await self.ping((node_to_ask.ip, node_to_ask.port), self.source_node.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
+        result = await self.store((node_to_ask.ip, node_to_ask.port), self.source_node.id, key, value)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        result = await self.find_node((node_to_ask.ip, node_to_ask.port), self.source_node.id, node_to_find.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        result = await self.find_value((node_to_ask.ip, node_to_ask.port), self.source_node.id, node_to_find.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    # ----------------------------------------------------------- routing table
+    def handle_call_response(self, result: tuple[bool, Any], node: Node) -> tuple[bool, Any]:
+        """Count failures per contact; drop it only after ``stale_after`` in a row."""
+        if result[0]:
+            self._failures.pop(node.id, None)
+            self.welcome_if_new(node)
+            return result
+        if self.router.is_new_node(node):
+            return result  # not in the table: nothing to count
+        failures = self._failures.get(node.id, 0) + 1
+        if failures >= self.stale_after:
+            log.info("%s failed %d requests in a row; removing it", node, failures)
+            self._failures.pop(node.id, None)
+            self.router.remove_contact(node)
+        else:
+            self._failures[node.id] = failures
+        return result
+
+    def welcome_if_new(self, node: Node) -> None:
+        if node.id == self.source_node.id or not self.router.is_new_node(node):
+            return
+        self.router.add_contact(node)
+        if not self.router.is_new_node(node):
+            self.owner.on_new_contact(node)
+
+    def contacts(self) -> list[Node]:
+        return [n for bucket in self.router.buckets for n in bucket.get_nodes()]
+
+    # ----------------------------------------------------------- requests in
+    def _sender(self, sender: tuple, nodeid: Any) -> Node | None:
+        if not is_node_id(nodeid):
+            return None
+        source = Node(nodeid, sender[0], sender[1])
+        self.welcome_if_new(source)
+        return source
+
+    def rpc_stun(self, sender: tuple) -> list:
+        return [sender[0], sender[1]]
+
+    def rpc_ping(self, sender: tuple, nodeid: Any) -> Any:
+        if self._sender(sender, nodeid) is None:
+            return error_reply("malformed", "node id must be 20 bytes")
+        return self.source_node.id
+
+    def rpc_store(self, sender: tuple, nodeid: Any, key: Any, value: Any) -> Any:
+        if self._sender(sender, nodeid) is None:
+            return error_reply("malformed", "node id must be 20 bytes")
+        return self.owner.accept_store(key, value)
+
+    def rpc_find_node(self, sender: tuple, nodeid: Any, key: Any) -> Any:
+        source = self._sender(sender, nodeid)
+        if source is None or not is_node_id(key):
+            return error_reply("malformed", "node id and key must be 20 bytes")
+        neighbors = self.router.find_neighbors(Node(key), exclude=source)
+        return [[n.id, n.ip, n.port] for n in neighbors]
+
+    def rpc_find_value(self, sender: tuple, nodeid: Any, key: Any) -> Any:
+        if not is_node_id(key):
+            return error_reply("malformed", "key must be 20 bytes")
+        value = self.owner.local_value(key)
+        if value is None:
+            return self.rpc_find_node(sender, nodeid, key)
+        self._sender(sender, nodeid)
+        return {"value": value}
