@@ -1,0 +1,677 @@
+"""The node's persistent store: one SQLite database file per node home.
+
+What lives here: DHT values (content-addressed blocks and signed, sequenced records),
+the byte accounting the quota is enforced against, the contacts used to rejoin the
+network after a restart, and a few small facts (``meta``).
+
+Durability model. The database runs in WAL mode and every public write method is one
+``BEGIN IMMEDIATE ... COMMIT`` transaction that has committed before the method returns.
+With ``synchronous=NORMAL`` a committed transaction is in the WAL file (in the OS page
+cache), so it survives ``kill -9`` of the process; ``synchronous=FULL`` also fsyncs each
+commit, so it survives power loss too, at a cost per write.
+
+Concurrency. A ``Store`` object is meant for one thread (one asyncio loop per node).
+Several ``Store`` objects on the same file, in one or several processes, are safe:
+writers take the write lock up front (``BEGIN IMMEDIATE``) and wait for each other up to
+``busy_timeout``; readers never block in WAL mode.
+
+This module imports nothing from ``aether``: signature and hash checks belong to the
+node; the store only keeps what it is given, with the seq / role rules below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "BLOCK",
+    "KEY_LEN",
+    "MIGRATIONS",
+    "RECORD",
+    "ROLES",
+    "ROW_OVERHEAD",
+    "SCHEMA_V1",
+    "SCHEMA_VERSION",
+    "PutResult",
+    "Store",
+    "StoreError",
+    "StoredValue",
+]
+
+#: Value kinds. A block is immutable content addressed by its hash; a record is mutable,
+#: signed, and ordered by its ``seq``.
+BLOCK = 1
+RECORD = 2
+KINDS = (BLOCK, RECORD)
+
+#: Why a value is held. Precedence own > replica > cache: a value never loses a stronger
+#: role because a weaker copy of it arrives.
+ROLES = ("own", "replica", "cache")
+_ROLE_RANK = {"cache": 0, "replica": 1, "own": 2}
+
+#: DHT keys are 160-bit Kademlia IDs.
+KEY_LEN = 20
+
+#: Bytes charged per row on top of ``len(key) + len(value)``. An estimate of what SQLite
+#: really spends on a row: the key a second time in the primary-key index, the b-tree
+#: cell headers, and the fixed columns (kind, size, seq, four timestamps, role, pin).
+#: It keeps the quota honest for many tiny values (a million empty values are not free).
+ROW_OVERHEAD = 64
+
+#: The schema version this program writes; see MIGRATIONS.
+SCHEMA_VERSION = 2
+
+#: Truncate the WAL file back to this size after a checkpoint, so a burst of writes
+#: does not leave a large file behind (1,000 nodes share one disk in simulations).
+_JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+_USED_PREFIX = "used_bytes."
+_RESERVED_META = frozenset({"schema_version", *(_USED_PREFIX + r for r in ROLES)})
+
+#: Version 1 of the schema, exactly as first shipped. A new database is created at
+#: version 1 and then migrated, so the migration path is the path every database takes.
+#: (Separate statements, not a script: ``executescript`` would commit the open
+#: transaction first.)
+SCHEMA_V1: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE values_ (
+        key            BLOB PRIMARY KEY CHECK (length(key) = 20),
+        kind           INTEGER NOT NULL CHECK (kind IN (1, 2)),
+        value          BLOB NOT NULL,
+        size           INTEGER NOT NULL CHECK (size >= 0),
+        seq            INTEGER,
+        expires        REAL,
+        stored_at      REAL NOT NULL,
+        republished_at REAL NOT NULL,
+        role           TEXT NOT NULL CHECK (role IN ('own', 'replica', 'cache')),
+        pinned         INTEGER NOT NULL DEFAULT 0 CHECK (pinned IN (0, 1))
+    )""",
+    # Partial: own values usually never expire and need no index entry. SQLite uses a
+    # partial "IS NOT NULL" index for any comparison on the column (expires <= ?).
+    "CREATE INDEX values_expires ON values_(expires) WHERE expires IS NOT NULL",
+    """CREATE TABLE contacts (
+        node_id   BLOB PRIMARY KEY CHECK (length(node_id) = 20),
+        host      TEXT NOT NULL,
+        port      INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
+        last_seen REAL NOT NULL
+    )""",
+    "INSERT INTO meta(name, value) VALUES ('schema_version', '1')",
+)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """v2: LRU time for eviction, contact failure counts, O(1) byte accounting.
+
+    The running byte totals are kept by triggers, so every statement that changes
+    ``values_`` (including a bulk expiry DELETE) keeps them exact in its own
+    transaction. They start from the rows a v1 database already holds.
+    """
+    conn.execute("ALTER TABLE values_ ADD COLUMN last_access REAL")
+    conn.execute("UPDATE values_ SET last_access = stored_at")
+    conn.execute("ALTER TABLE contacts ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX values_republished ON values_(republished_at)")
+    for role in ROLES:
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(name, value) VALUES "
+            "(?, (SELECT CAST(COALESCE(SUM(size), 0) AS TEXT) FROM values_ WHERE role = ?))",
+            (_USED_PREFIX + role, role),
+        )
+    add = "UPDATE meta SET value = CAST(value AS INTEGER) + NEW.size WHERE name = 'used_bytes.' || NEW.role;"
+    sub = "UPDATE meta SET value = CAST(value AS INTEGER) - OLD.size WHERE name = 'used_bytes.' || OLD.role;"
+    conn.execute(f"CREATE TRIGGER values_acct_insert AFTER INSERT ON values_ BEGIN {add} END")
+    conn.execute(f"CREATE TRIGGER values_acct_delete AFTER DELETE ON values_ BEGIN {sub} END")
+    conn.execute(
+        "CREATE TRIGGER values_acct_update AFTER UPDATE OF size, role ON values_ "
+        "WHEN OLD.size IS NOT NEW.size OR OLD.role IS NOT NEW.role "
+        f"BEGIN {sub} {add} END"
+    )
+
+
+#: MIGRATIONS[i] takes a database from version i + 1 to version i + 2. All pending
+#: migrations run in one transaction at open: a crash leaves the old version intact.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1_to_2,)
+assert len(MIGRATIONS) == SCHEMA_VERSION - 1
+
+
+class StoreError(Exception):
+    """The database cannot be used: cannot open, corrupt, not ours, too new, or failing."""
+
+
+class PutResult(enum.Enum):
+    """What ``Store.put`` did, so the node can answer a STORE request truthfully."""
+
+    STORED = "stored"  # new key, or a newer record replaced the held one
+    UNCHANGED = "unchanged"  # the same bytes were already held (role/pin/expiry may merge)
+    REFUSED_OLDER = "refused_older"  # a record with a lower seq than the held one
+    REFUSED_CONFLICT = "refused_conflict"  # same seq (or a block) with different bytes
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """One held value with its bookkeeping; times are wall-clock ``time.time()``."""
+
+    key: bytes
+    kind: int
+    value: bytes
+    seq: int | None
+    expires: float | None
+    stored_at: float
+    republished_at: float
+    role: str
+    pinned: bool
+    last_access: float | None
+
+    @property
+    def size(self) -> int:
+        """Bytes this row is charged against the quota."""
+        return len(self.key) + len(self.value) + ROW_OVERHEAD
+
+
+_COLS = "key, kind, value, seq, expires, stored_at, republished_at, role, pinned, last_access"
+
+
+def _row_to_value(row: tuple) -> StoredValue:
+    key, kind, value, seq, expires, stored_at, republished_at, role, pinned, last_access = row
+    return StoredValue(
+        key=bytes(key),
+        kind=kind,
+        value=bytes(value),
+        seq=seq,
+        expires=expires,
+        stored_at=stored_at,
+        republished_at=republished_at,
+        role=role,
+        pinned=bool(pinned),
+        last_access=last_access,
+    )
+
+
+def _check_key(key: object, what: str = "key") -> bytes:
+    if not isinstance(key, bytes) or len(key) != KEY_LEN:
+        raise ValueError(f"{what} must be {KEY_LEN} bytes, got {key!r:.60}")
+    return key
+
+
+def _check_role(role: object) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    return role  # type: ignore[return-value]
+
+
+def _check_time(t: object, what: str) -> float | None:
+    if t is None:
+        return None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise ValueError(f"{what} must be a finite number or None, got {t!r}")
+    return float(t)
+
+
+def _later_expiry(a: float | None, b: float | None) -> float | None:
+    """A re-store never shortens a value's life: None (never expires) beats any time."""
+    if a is None or b is None:
+        return None
+    return max(a, b)
+
+
+class Store:
+    """A node's SQLite store. Open one per node home; use as a context manager."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "NORMAL",
+        cache_kib: int = 512,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        """Open (creating or migrating as needed) the database at ``path``.
+
+        ``synchronous``: NORMAL survives kill -9, FULL also survives power loss.
+        ``cache_kib``: page cache per connection; kept small since a simulation runs
+        a thousand nodes in one process. ``busy_timeout``: seconds a writer waits for
+        another connection's write transaction before failing with StoreError.
+        """
+        sync = str(synchronous).upper()
+        if sync not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        if isinstance(cache_kib, bool) or not isinstance(cache_kib, int) or cache_kib <= 0:
+            raise ValueError(f"cache_kib must be a positive int, got {cache_kib!r}")
+        if not busy_timeout >= 0:
+            raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(os.fspath(self.path), isolation_level=None, timeout=busy_timeout)
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {sync}")
+            conn.execute(f"PRAGMA cache_size = {-cache_kib}")
+            conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._conn = conn
+            self._open_schema()
+        except BaseException as e:
+            self._conn = None
+            conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e) from e
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent). The last closer checkpoints the WAL."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass
+        conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self._conn is not None else "closed"
+        return f"<Store {str(self.path)!r} {state}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        """Turn an sqlite3 error into a StoreError that names the file and the cause."""
+        name = getattr(e, "sqlite_errorname", "")
+        text = str(e)
+        if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or (
+            "not a database" in text or "malformed" in text
+        ):
+            return StoreError(f"{self.path}: not an aether database or corrupt ({e})")
+        if name == "SQLITE_CANTOPEN" or "unable to open" in text:
+            return StoreError(f"{self.path}: cannot open database ({e})")
+        return StoreError(f"{self.path}: database error ({e})")
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self.path}: store is closed")
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: takes the write lock first, commits before returning."""
+        conn = self._db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e) from e
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Autocommit reads, with sqlite3 errors turned into StoreError."""
+        conn = self._db()
+        try:
+            yield conn
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    def _open_schema(self) -> None:
+        """Create or migrate under the write lock, so concurrent openers agree."""
+        with self._tx() as c:
+            has_meta = c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+            if has_meta is None:
+                others = c.execute(
+                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 3"
+                ).fetchall()
+                if others:
+                    names = ", ".join(r[0] for r in others)
+                    raise StoreError(
+                        f"{self.path}: not an aether database or corrupt (unknown tables: {names})"
+                    )
+                for stmt in SCHEMA_V1:
+                    c.execute(stmt)
+            row = c.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            try:
+                version = int(row[0]) if row is not None else None
+            except (TypeError, ValueError):
+                version = None
+            if version is None or version < 1:
+                raise StoreError(
+                    f"{self.path}: not an aether database or corrupt (schema_version {row!r})"
+                )
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this program's "
+                    f"version {SCHEMA_VERSION}; upgrade aether-node to open it"
+                )
+            for v in range(version, SCHEMA_VERSION):
+                MIGRATIONS[v - 1](c)
+                c.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(v + 1),)
+                )
+
+    # -- values --------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        kind: int,
+        role: str,
+        seq: int | None = None,
+        expires: float | None = None,
+        pinned: bool = False,
+        now: float | None = None,
+    ) -> PutResult:
+        """Store a value, atomically checked against what is held under ``key``.
+
+        Records: a lower seq is refused, the same seq with other bytes is refused (the
+        held one is kept, first-come), a higher seq replaces bytes, seq and expiry.
+        Blocks: other bytes under a held key are refused. A key held with the other
+        kind is a conflict. Whatever is stored or unchanged keeps the stronger role
+        (own > replica > cache) and the pin; when the bytes are unchanged, the expiry
+        becomes the later of the two (None = never). Refusals change nothing.
+        """
+        _check_key(key)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be BLOCK (1) or RECORD (2), got {kind!r}")
+        _check_role(role)
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ValueError(f"value must be bytes, got {type(value).__name__}")
+        value = bytes(value)
+        if kind == RECORD:
+            if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+                raise ValueError(f"a record needs a seq (int >= 0), got {seq!r}")
+        elif seq is not None:
+            raise ValueError("a block has no seq")
+        expires = _check_time(expires, "expires")
+        now = time.time() if now is None else _check_time(now, "now")
+        size = len(key) + len(value) + ROW_OVERHEAD
+        pin = 1 if pinned else 0
+
+        with self._tx() as c:
+            held = c.execute(
+                "SELECT kind, value, seq, expires, role, pinned FROM values_ WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if held is None:
+                c.execute(
+                    f"INSERT INTO values_ ({_COLS}, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, kind, value, seq, expires, now, now, role, pin, now, size),
+                )
+                return PutResult.STORED
+            h_kind, h_value, h_seq, h_expires, h_role, h_pinned = held
+            if h_kind != kind:
+                return PutResult.REFUSED_CONFLICT
+            new_role = role if _ROLE_RANK[role] > _ROLE_RANK[h_role] else h_role
+            new_pin = 1 if (h_pinned or pinned) else 0
+            if kind == RECORD and seq < h_seq:
+                return PutResult.REFUSED_OLDER
+            if kind == RECORD and seq > h_seq:
+                # The expiry is part of the new record; the role and pin are the holder's.
+                c.execute(
+                    "UPDATE values_ SET value = ?, seq = ?, size = ?, expires = ?, "
+                    "stored_at = ?, role = ?, pinned = ? WHERE key = ?",
+                    (value, seq, size, expires, now, new_role, new_pin, key),
+                )
+                return PutResult.STORED
+            if bytes(h_value) != value:
+                return PutResult.REFUSED_CONFLICT
+            new_expires = _later_expiry(h_expires, expires)
+            if (new_role, new_pin, new_expires) != (h_role, h_pinned, h_expires):
+                c.execute(
+                    "UPDATE values_ SET role = ?, pinned = ?, expires = ? WHERE key = ?",
+                    (new_role, new_pin, new_expires, key),
+                )
+            return PutResult.UNCHANGED
+
+    def get(self, key: bytes, *, touch: bool = True, now: float | None = None) -> StoredValue | None:
+        """The value held under ``key``, or None.
+
+        ``touch`` records the read in ``last_access`` (the LRU order eviction uses);
+        pass False for the node's own bookkeeping reads, so they do not count as use.
+        """
+        _check_key(key)
+        with self._read() as c:
+            row = c.execute(f"SELECT {_COLS} FROM values_ WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            sv = _row_to_value(row)
+            if touch:
+                t = time.time() if now is None else _check_time(now, "now")
+                # One autocommit statement: atomic on its own, no lock taken on a miss.
+                c.execute("UPDATE values_ SET last_access = ? WHERE key = ?", (t, key))
+                sv = dataclasses.replace(sv, last_access=t)
+        return sv
+
+    def contains(self, key: bytes) -> bool:
+        """Whether ``key`` is held (no touch)."""
+        _check_key(key)
+        with self._read() as c:
+            return c.execute("SELECT 1 FROM values_ WHERE key = ?", (key,)).fetchone() is not None
+
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; True if it was held."""
+        _check_key(key)
+        with self._tx() as c:
+            return c.execute("DELETE FROM values_ WHERE key = ?", (key,)).rowcount > 0
+
+    def drop_expired(self, now: float | None = None) -> int:
+        """Delete every value whose expiry is at or before ``now``; return how many.
+
+        Pins do not protect against expiry: an expired record is invalid anyway, and
+        pinned data that should last forever is stored with ``expires=None``.
+        """
+        now = time.time() if now is None else _check_time(now, "now")
+        with self._tx() as c:
+            return c.execute("DELETE FROM values_ WHERE expires <= ?", (now,)).rowcount
+
+    def iter_values(self, *, role: str | None = None, batch: int = 256) -> Iterator[StoredValue]:
+        """Stream values in key order, ``batch`` rows per query.
+
+        No cursor or read snapshot is held between batches, so writes may happen while
+        iterating (and the WAL can checkpoint); they show from the next batch on. Keys
+        come in strictly increasing order, so each is yielded at most once, and a key
+        held throughout the iteration is yielded exactly once.
+        """
+        if role is not None:
+            _check_role(role)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        return self._iter_values(role, batch)
+
+    def _iter_values(self, role: str | None, batch: int) -> Iterator[StoredValue]:
+        where = "key > ?" + (" AND role = ?" if role is not None else "")
+        sql = f"SELECT {_COLS} FROM values_ WHERE {where} ORDER BY key LIMIT ?"
+        last = b""
+        while True:
+            params: tuple = (last, role, batch) if role is not None else (last, batch)
+            with self._read() as c:
+                rows = c.execute(sql, params).fetchall()
+            for row in rows:
+                yield _row_to_value(row)
+            if len(rows) < batch:
+                return
+            last = bytes(rows[-1][0])
+
+    def keys(self) -> list[bytes]:
+        """All held keys, in key order."""
+        with self._read() as c:
+            return [bytes(r[0]) for r in c.execute("SELECT key FROM values_ ORDER BY key")]
+
+    def count(self, role: str | None = None) -> int:
+        """Number of held values (of one role, if given)."""
+        with self._read() as c:
+            if role is None:
+                return c.execute("SELECT COUNT(*) FROM values_").fetchone()[0]
+            return c.execute(
+                "SELECT COUNT(*) FROM values_ WHERE role = ?", (_check_role(role),)
+            ).fetchone()[0]
+
+    def due_for_republish(
+        self,
+        older_than: float,
+        now: float | None = None,
+        role: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[StoredValue]:
+        """Unexpired values last republished at least ``older_than`` seconds before ``now``.
+
+        Most overdue first; ``role`` narrows to own or replica values, ``limit`` bounds
+        one round of republishing.
+        """
+        older_than = _check_time(older_than, "older_than")
+        now = time.time() if now is None else _check_time(now, "now")
+        sql = (
+            f"SELECT {_COLS} FROM values_ WHERE republished_at <= ? "
+            "AND (expires IS NULL OR expires > ?)"
+        )
+        params: list = [now - older_than, now]
+        if role is not None:
+            sql += " AND role = ?"
+            params.append(_check_role(role))
+        sql += " ORDER BY republished_at, key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._read() as c:
+            return [_row_to_value(r) for r in c.execute(sql, params)]
+
+    def mark_republished(self, keys: Sequence[bytes], now: float | None = None) -> int:
+        """Record that ``keys`` were republished at ``now``; returns rows updated."""
+        keys = [_check_key(k) for k in keys]
+        now = time.time() if now is None else _check_time(now, "now")
+        with self._tx() as c:
+            cur = c.executemany(
+                "UPDATE values_ SET republished_at = ? WHERE key = ?", [(now, k) for k in keys]
+            )
+            return max(cur.rowcount, 0)
+
+    # -- accounting ----------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes charged against the quota: SUM(size) over all rows, in O(1).
+
+        The totals are maintained by triggers inside each write transaction.
+        """
+        return sum(self.used_bytes_by_role().values())
+
+    def used_bytes_by_role(self) -> dict[str, int]:
+        """Charged bytes per role (every role present, zero if unused)."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT name, value FROM meta WHERE name IN (?, ?, ?)",
+                tuple(_USED_PREFIX + r for r in ROLES),
+            ).fetchall()
+        got = {name[len(_USED_PREFIX):]: int(v) for name, v in rows}
+        return {r: got.get(r, 0) for r in ROLES}
+
+    def file_bytes(self) -> int:
+        """Bytes the database takes on disk: the file plus its -wal and -shm files."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    # -- contacts ------------------------------------------------------------------------
+
+    def save_contacts(
+        self, contacts: Sequence[tuple[bytes, str, int]], now: float | None = None
+    ) -> None:
+        """Replace the saved contacts with ``contacts``, atomically.
+
+        Give them most recently seen first: they all get ``last_seen = now``, and ties
+        load back in the order given. A duplicate node ID keeps its first entry; the
+        failure count of a node ID that stays in the set is kept.
+        """
+        now = time.time() if now is None else _check_time(now, "now")
+        rows: list[tuple[bytes, str, int]] = []
+        seen: set[bytes] = set()
+        for node_id, host, port in contacts:
+            _check_key(node_id, "node_id")
+            if not isinstance(host, str) or not host:
+                raise ValueError(f"host must be a non-empty str, got {host!r}")
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+            if node_id not in seen:
+                seen.add(node_id)
+                rows.append((node_id, host, port))
+        with self._tx() as c:
+            failures = dict(c.execute("SELECT node_id, failures FROM contacts").fetchall())
+            c.execute("DELETE FROM contacts")
+            c.executemany(
+                "INSERT INTO contacts (node_id, host, port, last_seen, failures) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(n, h, p, now, failures.get(n, 0)) for n, h, p in rows],
+            )
+
+    def load_contacts(self, limit: int = 200) -> list[tuple[bytes, str, int]]:
+        """Up to ``limit`` saved contacts, most recently seen first."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT node_id, host, port FROM contacts "
+                "ORDER BY last_seen DESC, rowid ASC LIMIT ?",
+                (int(limit),),
+            ).fetchall()
+        return [(bytes(n), h, p) for n, h, p in rows]
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def meta_get(self, name: str) -> str | None:
+        """A small stored fact (e.g. the last republish time), or None."""
+        with self._read() as c:
+            row = c.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, name: str, value: str) -> None:
+        """Store a small fact. The store's own entries (schema, byte totals) are refused."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"meta name must be a non-empty str, got {name!r}")
+        if name in _RESERVED_META:
+            raise ValueError(f"meta name {name!r} is reserved for the store")
+        if not isinstance(value, str):
+            raise ValueError(f"meta value must be str, got {type(value).__name__}")
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO meta(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
