@@ -310,7 +310,7 @@ class AetherNode(Server):
 
     async def replicate_held(self) -> None:
         now = time.time()
-        for held in self.store.due_for_republish(now - self.config.replicate_interval, now=now, role="replica"):
+        for held in self.store.due_for_republish(self.config.replicate_interval, now=now, role="replica"):
             await self._replicate(held.key, held.value)
             self.store.mark_republished([held.key], now=now)
 

@@ -1,0 +1,146 @@
+"""Churn tolerance and the periodic work that keeps values where they belong."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+from kademlia.node import Node
+
+from aether.crypto.identity import Identity
+from aether.crypto.records import create_record
+from aether.node.values import block_key
+from aether.simulations.network import address_of, join_all, local_network, start_node, stop_all
+
+from .conftest import QUIET
+
+
+async def wait_for(predicate, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return predicate()
+
+
+async def test_a_contact_survives_a_lost_reply_and_is_dropped_after_repeated_failures(tmp_path):
+    config = QUIET.replace(stale_after_failures=3, rpc_timeout_initial=0.2, rpc_timeout_max=0.4)
+    a = await start_node(tmp_path / "a", config)
+    b = await start_node(tmp_path / "b", config)
+    try:
+        await a.bootstrap([address_of(b)])
+        contact = Node(b.node.id, *address_of(b))
+        b.transport.pause_reading()  # b goes silent (its socket stays bound)
+        for attempt in range(1, 3):
+            ok, _ = await a.protocol.call_ping(contact)
+            assert not ok
+            assert b.node.id in {c.id for c in a.protocol.contacts()}, f"dropped after {attempt} failure(s)"
+        b.transport.resume_reading()
+        ok, _ = await a.protocol.call_ping(contact)
+        assert ok  # back, and the failure count starts again
+        b.transport.pause_reading()
+        for _ in range(3):
+            await a.protocol.call_ping(contact)
+        assert b.node.id not in {c.id for c in a.protocol.contacts()}
+    finally:
+        stop_all([a, b])
+
+
+async def test_rpc_timeouts_follow_measured_round_trips(tmp_path):
+    a = await start_node(tmp_path / "a", QUIET)
+    b = await start_node(tmp_path / "b", QUIET)
+    try:
+        peer = address_of(b)
+        assert a.protocol.rtt.timeout_for(peer) == QUIET.rpc_timeout_initial
+        for _ in range(20):
+            ok, _ = await a.protocol.ping(peer, a.node.id)
+            assert ok
+        # Loopback round trips are far below the floor: the timeout sits at the floor, not at 5 s.
+        assert a.protocol.rtt.timeout_for(peer) == QUIET.rpc_timeout_min
+        b.transport.pause_reading()
+        ok, _ = await a.protocol.ping(peer, a.node.id)
+        assert not ok
+        assert a.protocol.rtt.timeout_for(peer) == 2 * QUIET.rpc_timeout_min  # backed off
+    finally:
+        stop_all([a, b])
+
+
+async def test_a_new_node_closest_to_a_key_is_handed_the_value(tmp_path):
+    config = QUIET.replace(ksize=3)
+    async with local_network(tmp_path / "net", 12, config, seed=3) as network:
+        newcomer_identity = Identity.generate()
+        newcomer_long = int.from_bytes(newcomer_identity.node_id, "big")
+        others = [n.node.long_id for n in network]
+        # A block whose key is closer to the newcomer than to any node already in the network.
+        while True:
+            data = os.urandom(32)
+            distance = int.from_bytes(block_key(data), "big") ^ newcomer_long
+            if all(distance < (int.from_bytes(block_key(data), "big") ^ o) for o in others):
+                break
+        report = await network[0].put_block(data)
+        assert report.stored == 3
+        (tmp_path / "newcomer").mkdir()
+        newcomer_identity.save(tmp_path / "newcomer")
+        newcomer = await start_node(tmp_path / "newcomer", config)
+        try:
+            await newcomer.bootstrap([address_of(network[5])])
+            assert await wait_for(lambda: newcomer.store.contains(report.key))
+            assert newcomer.store.get(report.key).value == data
+        finally:
+            stop_all([newcomer])
+
+
+async def test_holders_restore_replicas_after_holders_leave(tmp_path):
+    config = QUIET.replace(ksize=4, replicate_interval=1.0, rpc_timeout_initial=0.5, rpc_timeout_max=0.5, stale_after_failures=1)
+    nodes = [await start_node(tmp_path / f"n{i}", config) for i in range(14)]
+    try:
+        await join_all(nodes)
+        publisher = nodes[0]
+        report = await publisher.put_block(b"keep me available")
+        key = report.key
+        replica_holders = [n for n in nodes[1:] if n.store.contains(key)]
+        assert len(replica_holders) == 4
+        # Three of the four replica holders vanish abruptly.
+        for gone in replica_holders[:3]:
+            gone.stop()
+        alive = [n for n in nodes if n not in replica_holders[:3]]
+        # The publisher is stopped too: only the remaining replica holder can restore the count.
+        publisher.stop()
+        alive.remove(publisher)
+
+        def replicas():
+            return sum(n.store.contains(key) for n in alive)
+
+        assert await wait_for(lambda: replicas() >= 4, timeout=20)
+        reader = [n for n in alive if not n.store.contains(key)][0]
+        assert await reader.get_block(key) == b"keep me available"
+    finally:
+        stop_all(nodes)
+
+
+async def test_expired_records_are_dropped_and_never_served(tmp_path):
+    config = QUIET.replace(expire_interval=0.5)
+    async with local_network(tmp_path / "net", 6, config) as network:
+        record = create_record(network[0].identity, "note", b"short-lived", 1, b"x", 2)
+        report = await network[0].put_record(record)
+        assert report.stored == 5
+        assert await network[3].get_record(record.key) == record
+        await asyncio.sleep(2.2)
+        # Expired: no node serves it any more, even before the clean-up job runs.
+        assert await network[4].get_record(record.key) is None
+        assert await wait_for(lambda: not any(n.store.contains(record.key) for n in network), timeout=5)
+
+
+async def test_publishers_republish_their_own_values(tmp_path):
+    config = QUIET.replace(ksize=3, republish_interval=1.0)
+    async with local_network(tmp_path / "net", 8, config) as network:
+        publisher = network[0]
+        report = await publisher.put_block(b"republished")
+        holders = [n for n in network[1:] if n.store.contains(report.key)]
+        for holder in holders:
+            holder.store.delete(report.key)  # as if the replicas were evicted
+        assert await wait_for(lambda: sum(n.store.contains(report.key) for n in network[1:]) >= 3, timeout=10)
+        assert publisher.store.meta_get("last_republish") is not None

@@ -1,0 +1,151 @@
+"""Hostile datagrams leave a node serving, with no exception escaping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import asyncio_dgram
+import msgpack
+import pytest
+from kademlia.node import Node
+
+from aether.node import wire
+from aether.simulations.network import address_of, start_node, stop_all
+
+from .conftest import QUIET
+
+ID = b"\x11" * 20
+
+
+def request(name, *args, msg_id=None):
+    return b"\x00" + (msg_id or os.urandom(20)) + msgpack.packb([name, list(args)])
+
+
+HOSTILE = {
+    "empty": b"",
+    "one byte": b"\x00",
+    "header only": b"\x00" + b"\x00" * 20,
+    "unknown type": b"\x07" + os.urandom(20) + msgpack.packb(["ping", [ID]]),
+    "truncated msgpack": request("find_node", ID, ID)[:-7],
+    "not a list": b"\x00" + os.urandom(20) + msgpack.packb({"ping": [ID]}),
+    "wrong arity": request("store", ID),
+    "too many args": request("ping", ID, ID, ID),
+    "unknown rpc": request("shutdown", ID),
+    "private method": request("_accept_request", ID),
+    "args not a list": b"\x00" + os.urandom(20) + msgpack.packb(["ping", ID]),
+    "id not bytes": request("ping", 12345),
+    "short id": request("find_node", b"\x01", ID),
+    "key an int": request("find_value", ID, 7),
+    "store a dict": request("store", ID, ID, {"a": 1}),
+    "nested bombs": b"\x00" + os.urandom(20) + b"\x92" + b"\x91" * 3000 + b"\xc0",
+    "huge claimed length": b"\x00" + os.urandom(20) + b"\xdb\xff\xff\xff\xff",
+    "oversized": request("store", ID, ID, b"x" * 9000),
+    "reply nobody asked for": b"\x01" + os.urandom(20) + msgpack.packb(True),
+    "random": bytes(random.Random(5).randbytes(300)),
+}
+
+
+@pytest.fixture
+async def target(tmp_path):
+    errors = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    node = await start_node(tmp_path / "target", QUIET)
+    honest = await start_node(tmp_path / "honest", QUIET)
+    try:
+        yield node, honest, errors
+    finally:
+        stop_all([node, honest])
+
+
+async def assert_serving(node, honest):
+    ok, reply = await honest.protocol.ping(address_of(node), honest.node.id)
+    assert ok and reply == node.node.id
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+async def test_hostile_datagram_is_dropped_and_the_node_keeps_serving(target, name):
+    node, honest, errors = target
+    client = await asyncio_dgram.connect(address_of(node))
+    try:
+        await client.send(HOSTILE[name])
+        await asyncio.sleep(0.05)
+        await assert_serving(node, honest)
+    finally:
+        client.close()
+    assert errors == []
+    assert node.store.count() == 0
+
+
+async def test_a_flood_of_random_datagrams_changes_nothing(target):
+    node, honest, errors = target
+    rng = random.Random(11)
+    client = await asyncio_dgram.connect(address_of(node))
+    try:
+        for _ in range(2000):
+            blob = rng.randbytes(rng.randrange(0, 1500))
+            if rng.random() < 0.5:  # a plausible header makes the body reach the decoder
+                blob = bytes([rng.randrange(2)]) + rng.randbytes(20) + blob
+            await client.send(blob)
+        await asyncio.sleep(0.2)
+        await assert_serving(node, honest)
+    finally:
+        client.close()
+    assert errors == []
+    assert node.protocol.stats["malformed"] > 0
+
+
+async def test_replies_to_hostile_but_well_formed_requests_are_error_replies(target):
+    node, _, errors = target
+    client = await asyncio_dgram.connect(address_of(node))
+    try:
+        msg_id = os.urandom(20)
+        await client.send(request("store", ID, b"bad key", b"value", msg_id=msg_id))
+        data, _ = await asyncio.wait_for(client.recv(), 2)
+        reply = wire.decode(data)
+        assert reply.msg_id == msg_id
+        assert reply.body["error"] == "malformed"
+    finally:
+        client.close()
+    assert errors == []
+
+
+async def test_a_reply_from_the_wrong_address_is_ignored(target):
+    node, honest, _ = target
+    # honest pings a silent address; a third party answers with the right message id.
+    silent = await asyncio_dgram.bind(("127.0.0.1", 0))
+    spoofer = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        pending = honest.protocol.ping(silent.sockname, honest.node.id)
+        data, _ = await asyncio.wait_for(silent.recv(), 2)
+        msg_id = data[1:21]
+        await spoofer.send(b"\x01" + msg_id + msgpack.packb(b"\x22" * 20), address_of(honest))
+        ok, _ = await pending
+        assert not ok
+        assert honest.protocol.stats["reply_from_wrong_address"] == 1
+    finally:
+        silent.close()
+        spoofer.close()
+
+
+async def test_lookups_ignore_malformed_contacts(target, tmp_path):
+    node, honest, errors = target
+    # A fake peer answering FIND_NODE with junk contacts.
+    fake = await asyncio_dgram.bind(("127.0.0.1", 0))
+
+    async def answer():
+        data, addr = await fake.recv()
+        junk = [[b"\x01" * 20, "not an ip", 1], [b"\x02" * 5, "127.0.0.1", 9], "x", [b"\x03" * 20, "127.0.0.1", 0],
+                [b"\x04" * 20, "127.0.0.1", 70000], [b"\x05" * 20, "127.0.0.1", True]]
+        await fake.send(b"\x01" + data[1:21] + msgpack.packb(junk), addr)
+
+    try:
+        responder = asyncio.ensure_future(answer())
+        reply = await honest.protocol.query(Node(b"\x09" * 20, *fake.sockname), b"\x00" * 20, False)
+        await responder
+        assert reply.ok and reply.contacts == []
+    finally:
+        fake.close()
+    assert errors == []
