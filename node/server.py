@@ -37,6 +37,12 @@ from aether.storage.store import BLOCK, RECORD, PutResult, Store, StoredValue
 log = logging.getLogger(__name__)
 
 
+def random_id_in(id_range: tuple[int, int]) -> bytes:
+    """A random 160-bit ID inside a bucket's range (kademlia's top bound is 2**160, one past the last ID)."""
+    low, high = id_range
+    return random.randint(low, min(high, 2**160 - 1)).to_bytes(20, "big")
+
+
 @dataclass
 class PutReport:
     """What a publish achieved: how many peers hold the value, who refused and why."""
@@ -94,8 +100,19 @@ class AetherNode(Server):
         if not seeds:
             return []
         result = await self.lookup(self.node.id, seeds=seeds)
+        # As the Kademlia paper asks of a joining node: refresh every bucket
+        # farther than our closest neighbour, so the table covers the whole ID
+        # space and not just our neighbourhood.
+        await asyncio.gather(*(self.lookup(target) for target in self._far_bucket_targets()))
         self.save_contacts()
         return result.closest
+
+    def _far_bucket_targets(self) -> list[bytes]:
+        own = self.node.long_id
+        return [
+            random_id_in(bucket.range) for bucket in self.protocol.router.buckets
+            if not bucket.range[0] <= own <= bucket.range[1]
+        ]
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
         ok, node_id = await self.protocol.ping(addr, self.node.id)
@@ -283,7 +300,7 @@ class AetherNode(Server):
         targets = [self.node.id]
         for bucket in self.protocol.router.buckets:
             if bucket.last_updated < quiet_since:
-                targets.append(random.randint(*bucket.range).to_bytes(20, "big"))
+                targets.append(random_id_in(bucket.range))
         for target in targets:
             await self.lookup(target)
 
