@@ -50,6 +50,11 @@ def _lock(home: Home) -> IO:
 async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -> None:
     identity = home.identity()
     lock = _lock(home)
+    # Handle signals before the ready line: a supervisor may signal as soon as it reads it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         try:
             store = home.open_store()
@@ -64,10 +69,6 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
                 raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
             bound_host, bound_port = node.address
             print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             joiner = asyncio.ensure_future(_keep_joined(node, settings, stop))
             await stop.wait()
             joiner.cancel()
@@ -76,6 +77,8 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
             node.stop()
             store.close()
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         lock.close()
 
 

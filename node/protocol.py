@@ -257,11 +257,32 @@ class AetherProtocol(KademliaProtocol):
         return result
 
     def welcome_if_new(self, node: Node) -> None:
-        if node.id == self.source_node.id or not self.router.is_new_node(node):
+        if node.id == self.source_node.id:
+            return
+        if not self.router.is_new_node(node):
+            self._heard_from(node)
             return
         self.router.add_contact(node)
         if not self.router.is_new_node(node):
             self.owner.on_new_contact(node)
+
+    def _heard_from(self, node: Node) -> None:
+        """A known contact spoke: move it to its bucket's tail; follow a port change on the same host.
+
+        A node restarted on a new port keeps its ID, and its peers should use the
+        new port at once rather than after the old one has failed repeatedly. A
+        different host claiming a known ID is not believed: the old address stays
+        until it goes stale.
+        """
+        bucket = self.router.buckets[self.router.get_bucket_for(node)]
+        known = bucket[node.id]
+        if known is None or known.ip != node.ip:
+            return
+        if known.port != node.port:
+            self._failures.pop(node.id, None)
+            bucket.add_node(node)
+        else:
+            bucket.add_node(known)
 
     def contacts(self) -> list[Node]:
         return [n for bucket in self.router.buckets for n in bucket.get_nodes()]

@@ -1,0 +1,269 @@
+"""``aether-node daemon`` as a real subprocess: ready line, signals, start-up errors, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kademlia.node import Node
+
+from aether.node.values import block_key
+from aether.simulations.network import address_of, local_network
+
+EXE = Path(sys.executable).with_name("aether-node")
+TIMEOUT = 20
+READY = re.compile(r"^listening on (\S+):(\d+) node ([0-9a-f]{40})$")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "AETHER_HOME"}
+    return subprocess.run(
+        [str(EXE), *args], capture_output=True, text=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL
+    )
+
+
+class Daemon:
+    """A daemon subprocess whose stdout is read by a thread, so every wait has a timeout."""
+
+    def __init__(self, home: Path, *args: str):
+        self.home = home
+        self.stderr_path = home.parent / f"{home.name}-stderr-{time.monotonic_ns()}.log"
+        self._stderr = open(self.stderr_path, "w+")
+        env = {k: v for k, v in os.environ.items() if k != "AETHER_HOME"}
+        self.proc = subprocess.Popen(
+            [str(EXE), "--home", str(home), "daemon", *args],
+            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True, env=env,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.port: int | None = None
+        self.node_id: str | None = None
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_ready(self, timeout: float = TIMEOUT) -> tuple[str, int, str]:
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no ready line within {timeout} s; stdout {seen}; stderr {self.stderr()!r}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(timeout=TIMEOUT)
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before ready; stdout {seen}; stderr {self.stderr()!r}"
+                )
+            seen.append(line)
+            match = READY.match(line)
+            if match:
+                self.port, self.node_id = int(match.group(2)), match.group(3)
+                return match.group(1), self.port, self.node_id
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+        self._stderr.close()
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+
+    def start(home: Path, *args: str) -> Daemon:
+        d = Daemon(home, *args)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    result = cli("--home", str(h), "--json", "init")
+    assert result.returncode == 0, result.stderr
+    return h
+
+
+def node_id_of(home: Path) -> str:
+    result = cli("--home", str(home), "--json", "id")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["node_id"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ready_line_and_clean_stop_on_signal(home: Path, daemons, sig: signal.Signals) -> None:
+    d = daemons(home, "--listen", "127.0.0.1:0")
+    host, port, node_id = d.wait_ready()
+    assert host == "127.0.0.1" and 0 < port < 65536
+    assert node_id == node_id_of(home)
+    d.proc.send_signal(sig)
+    assert d.wait_exit(timeout=5) == 0, d.stderr()
+    assert "Traceback" not in d.stderr()
+    with sqlite3.connect(home / "node.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # The lock is released: the home can be served again straight away.
+    again = daemons(home, "--listen", "127.0.0.1:0")
+    assert again.wait_ready()[2] == node_id
+
+
+def test_second_daemon_on_same_home_is_refused(home: Path, daemons) -> None:
+    first = daemons(home, "--listen", "127.0.0.1:0")
+    first.wait_ready()
+    second = cli("--home", str(home), "daemon", "--listen", "127.0.0.1:0")
+    assert second.returncode != 0
+    assert "Traceback" not in second.stderr
+    assert "Error:" in second.stderr and "already running" in second.stderr, second.stderr
+    assert "listening on" not in second.stdout
+    assert first.proc.poll() is None, "the first daemon must keep running"
+
+
+def test_port_in_use_is_a_clear_error(home: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = cli("--home", str(home), "daemon", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "Error:" in result.stderr and f"127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "in use" in result.stderr.lower(), result.stderr
+
+
+def test_corrupt_database_is_a_clear_error(home: Path) -> None:
+    (home / "node.db").write_bytes(os.urandom(64) + b"this is not sqlite" * 300)
+    result = cli("--home", str(home), "daemon", "--listen", "127.0.0.1:0")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "Error:" in result.stderr and "node.db" in result.stderr, result.stderr
+    assert "corrupt" in result.stderr or "not an aether database" in result.stderr, result.stderr
+
+
+def test_daemon_without_init_is_a_clear_error(tmp_path: Path) -> None:
+    h = tmp_path / "never"
+    result = cli("--home", str(h), "daemon", "--listen", "127.0.0.1:0")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "init" in result.stderr and "Error:" in result.stderr
+
+
+async def _until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def _saved_contacts(db_path: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+async def test_acknowledged_block_survives_kill_9_and_daemon_rejoins_from_saved_contacts(
+    tmp_path: Path, home: Path, daemons
+) -> None:
+    (home / "config.toml").write_text(
+        '[daemon]\nlisten = "127.0.0.1:0"\n\n[node]\ncontacts_save_interval = 0.5\n', encoding="utf-8"
+    )
+    async with local_network(tmp_path / "net", 10) as nodes:
+        entry_host, entry_port = address_of(nodes[0])
+        d = daemons(home, "--listen", "127.0.0.1:0", "--bootstrap", f"{entry_host}:{entry_port}")
+        _, port, d_hex = await asyncio.to_thread(d.wait_ready)
+        d_id = bytes.fromhex(d_hex)
+
+        data = b"a block acknowledged before kill -9: " + os.urandom(32)
+        key = block_key(data)
+        ok, reply = await nodes[3].protocol.call_store(Node(d_id, "127.0.0.1", port), key, data)
+        assert ok and reply is True, reply
+
+        # D joined through nodes[0] and saved what it learned (interval 0.5 s).
+        await _until(lambda: _saved_contacts(home / "node.db") >= 2, 10, "D to save its contacts")
+        await asyncio.sleep(1.2)
+
+        d.proc.kill()
+        assert await asyncio.to_thread(d.wait_exit, 5) == -signal.SIGKILL
+        with sqlite3.connect(home / "node.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            # The acknowledged block is on disk, written before the reply went out.
+            assert db.execute("SELECT value FROM values_ WHERE key = ?", (key,)).fetchone() == (data,)
+        saved = _saved_contacts(home / "node.db")
+        assert saved >= 2
+
+        # Restart with no address given: only the contacts saved in the home.
+        d2 = daemons(home, "--listen", "127.0.0.1:0")
+        _, new_port, d2_hex = await asyncio.to_thread(d2.wait_ready)
+        assert d2_hex == d_hex
+        restarted = Node(d_id, "127.0.0.1", new_port)
+
+        # (1) it still holds what it acknowledged.
+        reply = await nodes[5].protocol.query(restarted, key, True)
+        assert reply.ok and reply.value == data
+
+        # (2) it rejoined: its routing table fills from its saved contacts alone.
+        async def d_knows_peers():
+            found = await nodes[7].protocol.query(restarted, os.urandom(20), False)
+            return found.ok and len(found.contacts) >= 2
+
+        await _until(d_knows_peers, 10, "the restarted daemon to know peers")
+
+        d2.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(d2.wait_exit, 5) == 0, d2.stderr()
+        assert "Traceback" not in d.stderr() + d2.stderr()
+
+
+async def test_peer_learns_new_address_of_restarted_node(tmp_path: Path) -> None:
+    from aether.simulations.network import start_node
+
+    async with local_network(tmp_path / "net", 3) as nodes:
+        b = await start_node(tmp_path / "b")
+        try:
+            assert await b.bootstrap([address_of(nodes[0])])
+            old_port = address_of(b)[1]
+        finally:
+            b.stop()
+            b.store.close()
+        b = await start_node(tmp_path / "b")  # same home, same id, new port
+        try:
+            new_port = address_of(b)[1]
+            assert new_port != old_port
+            assert await b.rejoin()
+            ports = {c.port for c in nodes[0].protocol.contacts() if c.id == b.node.id}
+            assert ports == {new_port}
+        finally:
+            b.stop()
+            b.store.close()
