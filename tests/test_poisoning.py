@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 import time
+
+import asyncio_dgram
+import msgpack
 
 import pytest
 from kademlia.network import Server
@@ -130,24 +135,14 @@ async def test_a_fetch_never_returns_poisoned_data(tmp_path):
 
 
 async def test_another_host_cannot_take_over_a_known_contact(pair):
-    import asyncio_dgram
-    import msgpack
-    import os
-
     victim, attacker, _ = pair
     real = address_of(attacker)
     impostor = await asyncio_dgram.bind(("127.0.0.2", 0))
     try:
         await impostor.send(b"\x00" + os.urandom(20) + msgpack.packb(["ping", [attacker.node.id]]), address_of(victim))
-        await asyncio_dgram_reply(impostor)
+        await asyncio.wait_for(impostor.recv(), 2)  # the victim answered the ping
     finally:
         impostor.close()
     (contact,) = [c for c in victim.protocol.contacts() if c.id == attacker.node.id]
     assert (contact.ip, contact.port) == real
 
-
-async def asyncio_dgram_reply(stream):
-    import asyncio
-
-    data, _ = await asyncio.wait_for(stream.recv(), 2)
-    return data
