@@ -9,7 +9,6 @@ import time
 
 import asyncio_dgram
 import msgpack
-
 import pytest
 from kademlia.network import Server
 from kademlia.node import Node
