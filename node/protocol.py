@@ -20,11 +20,12 @@ changes, each at its root:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 RPC_ARITY = {"ping": 1, "stun": 0, "store": 3, "find_node": 2, "find_value": 2}
 """Each RPC a peer may call, with the number of arguments it takes."""
 
+MAX_REMEMBERED_TIMEOUTS = 1024
+"""Timed-out requests remembered so that a late reply still teaches the RTT estimator."""
+
 
 def error_reply(reason: str, message: str) -> dict[str, str]:
     """The reply to a refused request; stock nodes read any reply to STORE as success."""
@@ -60,13 +64,19 @@ def parse_contact(item: Any) -> Node | None:
     node_id, host, port = item
     if not is_node_id(node_id) or not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
         return None
-    if not 0 < port < 65536 or len(host) > 64:
+    if not 0 < port < 65536 or len(host) > 64 or not _is_ip_address(host):
         return None
+    return Node(node_id, host, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_address(host: str) -> bool:
+    # Cached: a joining node parses over a thousand contacts, mostly repeats.
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return None
-    return Node(node_id, host, port)
+        return False
+    return True
 
 
 @dataclass
@@ -88,6 +98,7 @@ class AetherProtocol(KademliaProtocol):
         self.max_pending = config.max_pending_requests
         self.stats: Counter[str] = Counter()
         self._failures: dict[bytes, int] = {}
+        self._timed_out: OrderedDict[bytes, tuple[tuple[str, int], float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._serving = 0
 
@@ -148,7 +159,14 @@ class AetherProtocol(KademliaProtocol):
     def _accept_response(self, msg_id: bytes, data: Any, address: tuple) -> None:
         pending = self._outstanding.get(msg_id)
         if pending is None:
-            self.stats["unexpected_reply"] += 1
+            late = self._timed_out.pop(msg_id, None)
+            if late is not None and tuple(address[:2]) == late[0]:
+                # The peer answered after we gave up: a real round trip, and the
+                # estimator must learn it or it will keep timing out too early.
+                self.stats["late_reply"] += 1
+                self.rtt.observe(late[0], time.monotonic() - late[1])
+            else:
+                self.stats["unexpected_reply"] += 1
             return
         future, handle, peer, sent_at = pending
         if tuple(address[:2]) != peer:
@@ -164,9 +182,12 @@ class AetherProtocol(KademliaProtocol):
         pending = self._outstanding.pop(msg_id, None)
         if pending is None:
             return
-        future, _, peer, _ = pending
+        future, _, peer, sent_at = pending
         self.stats["timeouts"] += 1
         self.rtt.backoff(peer)
+        self._timed_out[msg_id] = (peer, sent_at)
+        while len(self._timed_out) > MAX_REMEMBERED_TIMEOUTS:
+            self._timed_out.popitem(last=False)
         if not future.done():
             future.set_result((False, None))
 

@@ -101,8 +101,8 @@ class AetherNode(Server):
             return []
         result = await self.lookup(self.node.id, seeds=seeds)
         # As the Kademlia paper asks of a joining node: refresh every bucket
-        # farther than our closest neighbour, so the table covers the whole ID
-        # space and not just our neighbourhood.
+        # farther than our closest neighbour that is not full yet, so the table
+        # covers the whole ID space and not just our neighbourhood.
         await asyncio.gather(*(self.lookup(target) for target in self._far_bucket_targets()))
         self.save_contacts()
         return result.closest
@@ -111,11 +111,15 @@ class AetherNode(Server):
         own = self.node.long_id
         return [
             random_id_in(bucket.range) for bucket in self.protocol.router.buckets
-            if not bucket.range[0] <= own <= bucket.range[1]
+            if not bucket.range[0] <= own <= bucket.range[1] and len(bucket) < self.ksize
         ]
 
-    async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
-        ok, node_id = await self.protocol.ping(addr, self.node.id)
+    async def bootstrap_node(self, addr: tuple[str, int], attempts: int = 3) -> Node | None:
+        """Ping a bootstrap address, a few times: one lost datagram must not leave us alone."""
+        for _ in range(attempts):
+            ok, node_id = await self.protocol.ping(addr, self.node.id)
+            if ok:
+                break
         if not ok or not isinstance(node_id, bytes) or len(node_id) != 20 or node_id == self.node.id:
             return None
         node = Node(node_id, addr[0], addr[1])
@@ -155,10 +159,14 @@ class AetherNode(Server):
         if not isinstance(result.value, Block):
             return None
         data = result.value.data
-        self.store.put(key, data, kind=BLOCK, role="cache", expires=time.time() + self.config.cache_ttl)
+        # The cached copy is written after the caller has its bytes, off the fetch's critical path.
+        asyncio.get_running_loop().call_soon(self._cache, key, data)
         if result.without_value:  # Kademlia's caching along the lookup path
             self._background(self.protocol.call_store(result.without_value[0], key, data))
         return data
+
+    def _cache(self, key: bytes, data: bytes) -> None:
+        self.store.put(key, data, kind=BLOCK, role="cache", expires=time.time() + self.config.cache_ttl)
 
     # ------------------------------------------------------------- records
     async def put_record(self, record: SignedRecord) -> PutReport:
@@ -232,7 +240,7 @@ class AetherNode(Server):
 
     def on_new_contact(self, node: Node) -> None:
         """Hand a newly seen node the values it is now among the closest to."""
-        if self.store.count():
+        if self.store.used_bytes():  # O(1), unlike counting rows
             self._background(self._hand_off(node))
 
     async def _hand_off(self, node: Node) -> None:

@@ -67,6 +67,9 @@ KEY_LEN = 20
 #: It keeps the quota honest for many tiny values (a million empty values are not free).
 ROW_OVERHEAD = 64
 
+ACCESS_GRANULARITY = 60.0
+"""Seconds within which repeated reads of a value update its last access time once."""
+
 #: The schema version this program writes; see MIGRATIONS.
 SCHEMA_VERSION = 2
 
@@ -473,9 +476,12 @@ class Store:
             sv = _row_to_value(row)
             if touch:
                 t = time.time() if now is None else _check_time(now, "now")
-                # One autocommit statement: atomic on its own, no lock taken on a miss.
-                c.execute("UPDATE values_ SET last_access = ? WHERE key = ?", (t, key))
-                sv = dataclasses.replace(sv, last_access=t)
+                # LRU order needs minutes, not microseconds: a hot value served many
+                # times a second is written once per ACCESS_GRANULARITY, not per read.
+                if sv.last_access is None or abs(t - sv.last_access) >= ACCESS_GRANULARITY:
+                    # One autocommit statement: atomic on its own, no lock taken on a miss.
+                    c.execute("UPDATE values_ SET last_access = ? WHERE key = ?", (t, key))
+                    sv = dataclasses.replace(sv, last_access=t)
         return sv
 
     def contains(self, key: bytes) -> bool:

@@ -144,3 +144,22 @@ async def test_publishers_republish_their_own_values(tmp_path):
             holder.store.delete(report.key)  # as if the replicas were evicted
         assert await wait_for(lambda: sum(n.store.contains(report.key) for n in network[1:]) >= 3, timeout=10)
         assert publisher.store.meta_get("last_republish") is not None
+
+
+async def test_a_late_reply_teaches_the_timeout(tmp_path):
+    config = QUIET.replace(rpc_timeout_initial=0.2, rpc_timeout_min=0.2, rpc_timeout_max=5.0)
+    a = await start_node(tmp_path / "a", config)
+    b = await start_node(tmp_path / "b", config)
+    try:
+        peer = address_of(b)
+        b.transport.pause_reading()  # requests wait in b's socket buffer
+        pending = a.protocol.ping(peer, a.node.id)
+        ok, _ = await pending
+        assert not ok
+        await asyncio.sleep(0.6)
+        b.transport.resume_reading()  # b answers, 0.6 s late
+        assert await wait_for(lambda: a.protocol.stats["late_reply"] == 1, timeout=5)
+        # The estimator learned a round trip of about 0.8 s, well above its old floor.
+        assert a.protocol.rtt.timeout_for(peer) > 0.8
+    finally:
+        stop_all([a, b])

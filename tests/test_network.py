@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -9,7 +10,7 @@ import pytest_asyncio
 
 from aether.crypto.records import create_record
 from aether.node.values import block_key
-from aether.simulations.network import local_network
+from aether.simulations.network import address_of, local_network
 
 from .conftest import QUIET
 
@@ -86,3 +87,16 @@ async def test_lookups_take_few_hops(network):
     result = await network[0].lookup(block_key(b"anything"))
     assert len(result.closest) == QUIET.ksize
     assert 1 <= result.hops <= 4
+
+
+async def test_a_fetching_node_keeps_and_serves_a_cached_copy(network):
+    publisher, fetcher, third = network[10], network[11], network[12]
+    report = await publisher.put_block(b"worth caching")
+    if fetcher.store.contains(report.key):
+        fetcher.store.delete(report.key)  # make it a plain reader, not a replica holder
+    assert await fetcher.get_block(report.key) == b"worth caching"
+    await asyncio.sleep(0)  # the cached copy is written just after the fetch returns
+    held = fetcher.store.get(report.key, touch=False)
+    assert held.role == "cache" and held.expires is not None
+    ok, body = await third.protocol.find_value(address_of(fetcher), third.node.id, report.key)
+    assert ok and body == {"value": b"worth caching"}

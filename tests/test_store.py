@@ -238,8 +238,9 @@ def test_expiry_merge_and_drop(store: Store) -> None:
 def test_get_touch_contains_delete(store: Store) -> None:
     store.put(k(1), b"a", kind=BLOCK, role="own", now=10.0)
     assert store.get(k(1), touch=False).last_access == 10.0
-    assert store.get(k(1), now=20.0).last_access == 20.0
-    assert store.get(k(1), touch=False).last_access == 20.0
+    assert store.get(k(1), now=20.0).last_access == 10.0  # within ACCESS_GRANULARITY: no write
+    assert store.get(k(1), now=100.0).last_access == 100.0
+    assert store.get(k(1), touch=False).last_access == 100.0
     assert store.get(k(2)) is None
     assert store.contains(k(1)) and not store.contains(k(2))
     assert store.delete(k(1)) is True and store.delete(k(1)) is False
