@@ -1,0 +1,566 @@
+"""Benchmark: our node against the stock ``kademlia`` server, same machine, same workload.
+
+    python -m aether.simulations.bench_dht [--sizes 200,1000] [--ops 200] [--seed 1] [--out FILE.json]
+
+For each network size N, two networks are built one after the other, each in a
+child process of its own (this module run again with a hidden ``--child`` flag),
+so that memory is measured per implementation:
+
+* **ours**: N :class:`~aether.node.server.AetherNode` s, each with its own home
+  (identity + SQLite store) in a temporary folder, built with
+  :func:`aether.simulations.network.start_node`;
+* **stock**: N ``kademlia.network.Server`` s (kademlia 2.2, in-memory storage).
+
+Both listen on 127.0.0.1 with a port the OS picks and join with
+:func:`aether.simulations.network.join_all` (each node bootstraps through a
+random earlier node, 50 joins at a time). The child then idles a few seconds
+and measures resident memory: (RSS now - RSS before the first node was
+created) / N.
+
+The workload, identical for both (derived from ``--seed`` alone): ``--ops``
+random values of 100-1000 bytes, each stored from a random node and then
+fetched from a different random node. Ours stores with ``put_block(data)``
+(key = hash of the data) and fetches with ``get_block(key)``; stock stores with
+``set(key_string, data)`` under a key string derived from the seed and fetches
+with ``get(key_string)``. All stores run first, one at a time, then all
+fetches, one at a time. A fetch succeeds when it returns exactly the stored
+bytes. Every phase (start, join, stores, fetches) has a time limit; operations
+cut off by it count as failures.
+
+Latencies are wall-clock (``time.perf_counter``) per operation in ms, reported
+as nearest-rank p50/p90/p99 (:func:`aether.simulations.stats.percentiles`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aether.simulations.stats import percentiles
+
+IMPLEMENTATIONS = ("ours", "stock")
+IDLE_SECONDS = 3.0
+MIN_VALUE, MAX_VALUE = 100, 1000
+
+
+# --------------------------------------------------------------------------- helpers
+def raise_nofile_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit (a node holds ~4 fds: socket, db, wal, shm)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (VmRSS), in bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil  # not on Linux: fall back to psutil (in the test extra)
+
+    return psutil.Process().memory_info().rss
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def workload(seed: int, ops: int, n: int) -> list[tuple[bytes, str, int, int]]:
+    """``(value, key_string, store_node, fetch_node)`` per operation, from the seed alone."""
+    rng = random.Random(f"bench-dht-workload-{seed}")
+    plan = []
+    for i in range(ops):
+        value = rng.randbytes(rng.randint(MIN_VALUE, MAX_VALUE))
+        src = rng.randrange(n)
+        dst = rng.randrange(n - 1)
+        dst += dst >= src  # a different node
+        plan.append((value, f"bench-{seed}-{i}", src, dst))
+    return plan
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------- one network (child)
+def contacts_of(node) -> int:
+    """Contacts in a node's routing table (same for stock and ours)."""
+    return sum(len(bucket.get_nodes()) for bucket in node.protocol.router.buckets)
+
+
+class _Ours:
+    name = "ours"
+
+    def __init__(self) -> None:
+        from aether.node.config import NodeConfig
+        from aether.node.values import block_key
+        from aether.simulations import network
+
+        self.network = network
+        self.block_key = block_key
+        self.config = NodeConfig()
+
+    async def start(self, base: Path, i: int):
+        return await self.network.start_node(base / f"node-{i:04d}", self.config)
+
+    def handle(self, key_string: str, value: bytes) -> bytes:
+        return self.block_key(value)
+
+    key_of = staticmethod(lambda handle: handle)
+
+    async def store(self, node, handle: Any, key_string: str, value: bytes) -> tuple[bool, dict[str, Any]]:
+        report = await node.put_block(value)
+        lookup = report.lookup
+        return report.stored > 0, {
+            "stored": report.stored, "refused": dict(report.refused), "unreachable": report.unreachable,
+            "lookup_messages": lookup.messages if lookup else None,
+            "lookup_failures": lookup.failures if lookup else None,
+        }
+
+    async def fetch(self, node, handle: Any) -> bytes | None:
+        return await node.get_block(handle)
+
+    def holds(self, node, handle: Any) -> bool:
+        return node.store.contains(handle)
+
+    def stop(self, nodes: list) -> None:
+        self.network.stop_all(nodes)
+
+    def rpc_stats(self, nodes: list) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for node in nodes:
+            for name, count in node.protocol.stats.items():
+                totals[name] = totals.get(name, 0) + count
+        keep = ("requests_sent", "timeouts", "unexpected_reply", "overloaded", "malformed", "bad_request")
+        return {k: totals.get(k, 0) for k in keep}
+
+
+class _Stock:
+    name = "stock"
+
+    def __init__(self) -> None:
+        from kademlia.network import Server
+        from kademlia.utils import digest
+
+        self.server_class = Server
+        self.digest = digest
+
+    async def start(self, base: Path, i: int):
+        server = self.server_class(ksize=20, alpha=3)
+        await server.listen(0, "127.0.0.1")  # stock: port first, then interface
+        return server
+
+    def handle(self, key_string: str, value: bytes) -> str:
+        return key_string
+
+    def key_of(self, handle: Any) -> bytes:
+        return self.digest(handle)
+
+    async def store(self, node, handle: Any, key_string: str, value: bytes) -> tuple[bool, dict[str, Any]]:
+        return bool(await node.set(key_string, value)), {}
+
+    async def fetch(self, node, handle: Any) -> bytes | None:
+        return await node.get(handle)
+
+    def holds(self, node, handle: Any) -> bool:
+        return node.storage.get(self.key_of(handle)) is not None
+
+    def stop(self, nodes: list) -> None:
+        for node in nodes:
+            node.stop()
+
+    def rpc_stats(self, nodes: list) -> dict[str, int]:
+        return {}
+
+
+async def _timed_phase(coro, timeout: float) -> bool:
+    """Run one phase under its time limit; True if it finished in time."""
+    try:
+        await asyncio.wait_for(coro, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+def _table_stats(nodes: list) -> dict[str, Any]:
+    counts = [contacts_of(nd) for nd in nodes]
+    if not counts:
+        return {}
+    return {"min": min(counts), "mean": round(sum(counts) / len(counts), 1),
+            "under_3": sum(c < 3 for c in counts), "empty": counts.count(0)}
+
+
+async def run_network(impl_name: str, n: int, ops: int, seed: int, timeout: float) -> dict[str, Any]:
+    """Build one N-node network of ``impl_name`` in this process, measure it, tear it down."""
+    from aether.simulations.network import join_all
+
+    impl = _Ours() if impl_name == "ours" else _Stock()
+    random.seed(seed)  # stock node IDs, maintenance jitter
+    plan = workload(seed, ops, n)
+    say = lambda msg: print(f"  [{impl_name} N={n}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    result: dict[str, Any] = {"impl": impl_name, "n": n, "ops": ops, "seed": seed, "timed_out": []}
+    rpc: dict[str, dict[str, int]] = {}
+    result["rpc"] = rpc
+    _quiet_cancelled_replies(result)
+
+    with tempfile.TemporaryDirectory(prefix=f"aether-bench-{impl_name}-") as tmp:
+        base = Path(tmp)
+        nodes: list = []
+        gc.collect()
+        rss_before = rss_bytes()
+        try:
+            # -- start every node
+            t0, c0 = time.perf_counter(), cpu_seconds()
+
+            async def start_all() -> None:
+                for i in range(n):
+                    nodes.append(await impl.start(base, i))
+
+            if not await _timed_phase(start_all(), timeout):
+                result["timed_out"].append("start")
+            result["start_s"] = round(time.perf_counter() - t0, 2)
+            result["start_cpu_s"] = round(cpu_seconds() - c0, 2)
+            result["started"] = len(nodes)
+            say(f"{len(nodes)} nodes listening in {result['start_s']} s; joining ...")
+
+            # -- join
+            t0, c1 = time.perf_counter(), cpu_seconds()
+            if not await _timed_phase(join_all(nodes, seed=seed), timeout):
+                result["timed_out"].append("join")
+            result["join_s"] = round(time.perf_counter() - t0, 2)
+            result["join_cpu_s"] = round(cpu_seconds() - c1, 2)
+            result["contacts_after_join"] = _table_stats(nodes)
+            rpc["join"] = impl.rpc_stats(nodes)
+            say(f"joined in {result['join_s']} s (contacts per node {result['contacts_after_join']}); "
+                f"idling {IDLE_SECONDS:g} s ...")
+
+            # -- idle, then memory
+            await asyncio.sleep(IDLE_SECONDS)
+            gc.collect()
+            rss_idle = rss_bytes()
+            result["rss_before_bytes"] = rss_before
+            result["rss_idle_bytes"] = rss_idle
+            result["mem_per_node_bytes"] = round((rss_idle - rss_before) / max(1, len(nodes)))
+            say(f"idle RSS {rss_idle / 2**20:.1f} MiB (+{(rss_idle - rss_before) / 2**20:.1f} MiB): "
+                f"{result['mem_per_node_bytes'] / 1024:.0f} KiB per node; storing {ops} values ...")
+
+            # -- stores, one at a time
+            handles = [impl.handle(key_string, value) for value, key_string, _, _ in plan]
+            store_ms: list[float] = []
+            store_ok = [False] * len(plan)
+            store_detail: list[dict[str, Any]] = [{} for _ in plan]
+            c2 = cpu_seconds()
+
+            async def store_all() -> None:
+                for i, (value, key_string, src, _) in enumerate(plan):
+                    t = time.perf_counter()
+                    try:
+                        store_ok[i], store_detail[i] = await impl.store(nodes[src], handles[i], key_string, value)
+                    except Exception as exc:  # a failed operation, not a failed benchmark
+                        say(f"store {i} raised {exc!r}")
+                        store_detail[i] = {"error": repr(exc)}
+                    store_ms.append((time.perf_counter() - t) * 1000)
+
+            if not await _timed_phase(store_all(), timeout):
+                result["timed_out"].append("store")
+            result["store_cpu_s"] = round(cpu_seconds() - c2, 2)
+            rpc["store"] = impl.rpc_stats(nodes)
+            say(f"stored {sum(store_ok)}/{ops}; fetching ...")
+
+            # -- fetches, one at a time, each from a node other than its publisher
+            fetch_ms: list[float] = []
+            fetch_ok = [False] * len(plan)
+            c3 = cpu_seconds()
+
+            async def fetch_all() -> None:
+                for i, (value, _, _, dst) in enumerate(plan):
+                    t = time.perf_counter()
+                    try:
+                        got = await impl.fetch(nodes[dst], handles[i])
+                    except Exception as exc:
+                        say(f"fetch {i} raised {exc!r}")
+                        got = None
+                    fetch_ms.append((time.perf_counter() - t) * 1000)
+                    fetch_ok[i] = got == value
+
+            if not await _timed_phase(fetch_all(), timeout):
+                result["timed_out"].append("fetch")
+            result["fetch_cpu_s"] = round(cpu_seconds() - c3, 2)
+            rpc["fetch"] = impl.rpc_stats(nodes)
+
+            result["store_ms"] = percentiles(store_ms)
+            result["fetch_ms"] = percentiles(fetch_ms)
+            result["store_ms_mean"] = round(sum(store_ms) / len(store_ms), 3) if store_ms else None
+            result["fetch_ms_mean"] = round(sum(fetch_ms) / len(fetch_ms), 3) if fetch_ms else None
+            result["stores_ok"] = sum(store_ok)
+            result["fetches_ok"] = sum(fetch_ok)
+            result["store_success"] = sum(store_ok) / ops
+            result["fetch_success"] = sum(fetch_ok) / ops
+            copies = [d["stored"] for d in store_detail if "stored" in d]
+            if copies:
+                result["replicas"] = {"min": min(copies), "mean": round(sum(copies) / len(copies), 1)}
+            result["contacts_after_workload"] = _table_stats(nodes)
+            failed = [i for i in range(ops) if not (store_ok[i] and fetch_ok[i])]
+            result["failures"] = [
+                diagnose(impl, nodes, plan, handles[i], i, store_ok[i], fetch_ok[i], store_detail[i])
+                for i in failed[:20]
+            ]
+            gc.collect()
+            result["rss_after_workload_bytes"] = rss_bytes()
+            say(f"fetched {sum(fetch_ok)}/{ops}; store p50 {result['store_ms']['p50']} ms, "
+                f"fetch p50 {result['fetch_ms']['p50']} ms")
+        finally:
+            impl.stop(nodes)
+            await _cancel_leftovers()  # stock ``stop`` leaves its RPC tasks running
+            await asyncio.sleep(0.1)  # let closing transports run their callbacks
+    return result
+
+
+def _quiet_cancelled_replies(result: dict[str, Any]) -> None:
+    """Count, rather than print, replies that reach a request a phase limit has cancelled.
+
+    Stock rpcudp calls ``set_result`` on the cancelled future and the task dies with
+    InvalidStateError; that is expected after a phase is cut off, and harmless.
+    """
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), asyncio.InvalidStateError):
+            result["replies_to_cancelled_requests"] = result.get("replies_to_cancelled_requests", 0) + 1
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+async def _cancel_leftovers() -> None:
+    """Cancel every task but this one, and wait for them to finish."""
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+
+
+def diagnose(impl, nodes: list, plan: list, handle: Any, i: int, stored: bool, fetched: bool,
+             detail: dict[str, Any]) -> dict[str, Any]:
+    """A failed operation: who stored and fetched, and which of the nodes closest to the key hold it."""
+    _, _, src, dst = plan[i]
+    key = impl.key_of(handle)
+    target = int.from_bytes(key, "big")
+    by_distance = sorted(nodes, key=lambda nd: nd.node.long_id ^ target)
+    holders = [rank for rank, nd in enumerate(by_distance) if impl.holds(nd, handle)]
+    return {
+        "op": i, "key": key.hex(), "stored": stored, "fetched": fetched, "store_detail": detail,
+        "store_node": src, "store_node_contacts": contacts_of(nodes[src]),
+        "fetch_node": dst, "fetch_node_contacts": contacts_of(nodes[dst]),
+        "fetch_node_rank": by_distance.index(nodes[dst]),
+        "holders": len(holders), "holder_ranks": holders[:40],
+    }
+
+
+def child_main(args: argparse.Namespace) -> int:
+    raise_nofile_limit()
+    # Import everything a node needs before the "before" RSS sample, so the per-node
+    # figure is what the nodes cost, not what importing the libraries costs.
+    import aether.node.server  # noqa: F401
+    import aether.simulations.network  # noqa: F401
+    import kademlia.network  # noqa: F401
+
+    impl, n = args.child
+    result = asyncio.run(run_network(impl, int(n), args.ops, args.seed, args.timeout))
+    Path(args.child_out).write_text(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- driver (parent)
+def run_child(impl: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(prefix=f"bench-{impl}-{n}-", suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    cmd = [
+        sys.executable, "-m", "aether.simulations.bench_dht",
+        "--child", impl, str(n), "--child-out", str(out),
+        "--ops", str(args.ops), "--seed", str(args.seed), "--timeout", str(args.timeout),
+    ]
+    try:
+        # Five phases under the limit, plus start-up and tear-down.
+        proc = subprocess.run(cmd, timeout=5 * args.timeout + 120)
+        if proc.returncode != 0:
+            return {"impl": impl, "n": n, "error": f"child exited with {proc.returncode}"}
+        return json.loads(out.read_text())
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "n": n, "error": "child exceeded the overall time limit"}
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return None
+    return round(a / b, 2)
+
+
+METRICS: list[tuple[str, str, Any]] = [
+    ("join (whole network), s", "join_s", lambda r: r.get("join_s")),
+    ("memory per idle node, KiB", "mem_kib", lambda r: _kib(r.get("mem_per_node_bytes"))),
+    ("store p50, ms", "store_p50", lambda r: r.get("store_ms", {}).get("p50")),
+    ("store p90, ms", "store_p90", lambda r: r.get("store_ms", {}).get("p90")),
+    ("store p99, ms", "store_p99", lambda r: r.get("store_ms", {}).get("p99")),
+    ("fetch p50, ms", "fetch_p50", lambda r: r.get("fetch_ms", {}).get("p50")),
+    ("fetch p90, ms", "fetch_p90", lambda r: r.get("fetch_ms", {}).get("p90")),
+    ("fetch p99, ms", "fetch_p99", lambda r: r.get("fetch_ms", {}).get("p99")),
+    ("store success", "store_success", lambda r: r.get("store_success")),
+    ("fetch success", "fetch_success", lambda r: r.get("fetch_success")),
+]
+
+
+def _kib(b: Any) -> float | None:
+    return round(b / 1024, 1) if isinstance(b, (int, float)) else None
+
+
+def compare(ours: dict[str, Any], stock: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for _, key, get in METRICS:
+        a, b = get(ours), get(stock)
+        rows[key] = {"ours": a, "stock": b, "ratio": _ratio(a, b)}
+    return rows
+
+
+def render(n: int, rows: dict[str, dict[str, Any]], ours: dict, stock: dict) -> str:
+    def fmt(v: Any, key: str) -> str:
+        if v is None:
+            return "-"
+        if key.endswith("success"):
+            return f"{v:.1%}"
+        if isinstance(v, float):
+            return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
+        return str(v)
+
+    lines = [f"N = {n}  ({ours.get('ops', '?')} ops)", f"  {'metric':<28}{'ours':>12}{'stock':>12}{'ours/stock':>12}"]
+    for label, key, _ in METRICS:
+        r = rows[key]
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"  {label:<28}{fmt(r['ours'], key):>12}{fmt(r['stock'], key):>12}{ratio:>12}")
+    for side in (ours, stock):
+        if side.get("contacts_after_join"):
+            c = side["contacts_after_join"]
+            lines.append(f"  {side['impl']}: contacts per node after join mean {c['mean']}, min {c['min']}; "
+                         f"join CPU {side.get('join_cpu_s')} s")
+        timeouts = side.get("rpc", {}).get("fetch", {}).get("timeouts")
+        if timeouts:
+            late = side["rpc"]["fetch"].get("unexpected_reply", 0)
+            lines.append(f"  {side['impl']}: {timeouts} RPC timeouts in all (replies arriving after their timeout: {late})")
+        if side.get("error") or side.get("timed_out"):
+            lines.append(f"  note: {side['impl']}: {side.get('error') or 'phase time limit hit: ' + ', '.join(side['timed_out'])}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m aether.simulations.bench_dht", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="200,1000", help="network sizes, comma-separated (default 200,1000)")
+    p.add_argument("--ops", type=int, default=200, help="values stored and fetched per network (default 200)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the workload and the joins (default 1)")
+    p.add_argument("--out", type=Path, help="write the full results as JSON to this file")
+    p.add_argument("--timeout", type=float, default=180.0, help="time limit per phase, seconds (default 180)")
+    p.add_argument("--only", choices=IMPLEMENTATIONS, help="run one implementation only (for profiling)")
+    p.add_argument("--child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.ops < 1:
+        p.error("--ops must be at least 1")
+    try:
+        args.size_list = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    except ValueError:
+        p.error("--sizes must be whole numbers separated by commas")
+    if not args.size_list or min(args.size_list) < 2:
+        p.error("every size must be at least 2")
+    return args
+
+
+def source_revision() -> str | None:
+    """The checked-out commit of the code measured (read-only), with "+dirty" for local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    soft, hard = raise_nofile_limit()
+    report: dict[str, Any] = {
+        "command": " ".join(["python -m aether.simulations.bench_dht", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "revision": source_revision(),
+        "seed": args.seed,
+        "ops": args.ops,
+        "timeout_per_phase_s": args.timeout,
+        "idle_seconds": IDLE_SECONDS,
+        "nofile_limit": [soft, hard],
+        "machine": machine(),
+        "results": [],
+    }
+    impls = [args.only] if args.only else list(IMPLEMENTATIONS)
+    for n in args.size_list:
+        sides = {}
+        for impl in impls:
+            print(f"N={n}: {impl} network ...", file=sys.stderr, flush=True)
+            sides[impl] = run_child(impl, n, args)
+        ours, stock = sides.get("ours", {"impl": "ours"}), sides.get("stock", {"impl": "stock"})
+        rows = compare(ours, stock)
+        report["results"].append({"n": n, "ours": ours, "stock": stock, "table": rows})
+        print(render(n, rows, ours, stock), flush=True)
+        print(flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
