@@ -47,8 +47,6 @@ class NodeConfig:
     rpc_timeout_max: float = 5.0
     max_replica_bytes: int = 1 << 30
     """Bytes of other nodes' data this node accepts before answering STORE with "full"."""
-    max_pending_requests: int = 1024
-    """Requests served concurrently; more are dropped rather than queued without bound."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -59,7 +57,7 @@ class NodeConfig:
                 raise ConfigError(f"{f.name} must be greater than 0, not {value!r}")
         if not self.rpc_timeout_min <= self.rpc_timeout_initial <= self.rpc_timeout_max:
             raise ConfigError("need rpc_timeout_min <= rpc_timeout_initial <= rpc_timeout_max")
-        for name in ("ksize", "alpha", "stale_after_failures", "max_replica_bytes", "max_pending_requests"):
+        for name in ("ksize", "alpha", "stale_after_failures", "max_replica_bytes"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number")
 

@@ -33,6 +33,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from aether.node import wire
+from aether.node.routing import AetherRoutingTable
 from aether.node.rtt import RttEstimator
 from aether.node.values import KEY_BYTES
 
@@ -59,10 +60,11 @@ def is_node_id(value: Any) -> bool:
 
 def parse_contact(item: Any) -> Node | None:
     """A ``[id, host, port]`` triple from a peer, or None if it is not a valid contact."""
-    if not (isinstance(item, list) and len(item) == 3):
+    # Exact type checks (a bool is not a port); this runs for every contact a peer sends.
+    if type(item) is not list or len(item) != 3:
         return None
     node_id, host, port = item
-    if not is_node_id(node_id) or not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
+    if type(node_id) is not bytes or len(node_id) != KEY_BYTES or type(host) is not str or type(port) is not int:
         return None
     if not 0 < port < 65536 or len(host) > 64 or not _is_ip_address(host):
         return None
@@ -89,18 +91,17 @@ class FindReply:
 class AetherProtocol(KademliaProtocol):
     def __init__(self, owner: AetherNode):
         super().__init__(owner.node, owner.store, owner.ksize)
+        self.router = AetherRoutingTable(self, owner.ksize, owner.node)
         self.owner = owner
         config = owner.config
         self.rtt = RttEstimator(
             initial=config.rpc_timeout_initial, minimum=config.rpc_timeout_min, maximum=config.rpc_timeout_max
         )
         self.stale_after = config.stale_after_failures
-        self.max_pending = config.max_pending_requests
         self.stats: Counter[str] = Counter()
         self._failures: dict[bytes, int] = {}
         self._timed_out: OrderedDict[bytes, tuple[tuple[str, int], float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
-        self._serving = 0
 
     # ----------------------------------------------------------- background tasks
     def adopt(self, task: asyncio.Future) -> None:
@@ -132,29 +133,29 @@ class AetherProtocol(KademliaProtocol):
             return
         if message.kind == wire.RESPONSE:
             self._accept_response(message.msg_id, message.body, addr)
-            return
-        if self._serving >= self.max_pending:
-            self.stats["overloaded"] += 1
-            return
-        self._serving += 1
-        self.adopt(asyncio.ensure_future(self._serve(message, addr)))
+        else:
+            self._serve(message, addr)
 
-    async def _serve(self, message: wire.Message, address: tuple) -> None:
+    def _serve(self, message: wire.Message, address: tuple) -> None:
+        """Answer a request at once: every handler is synchronous, so nothing queues here.
+
+        An exception must not leave this method: asyncio closes a datagram
+        transport whose protocol raises, which would take the node offline.
+        """
+        name, args = message.body
+        if RPC_ARITY.get(name) != len(args):
+            self.stats["bad_request"] += 1
+            log.debug("dropped request %r with %d args from %s", name, len(args), address)
+            return
+        self.stats[f"rpc_{name}"] += 1
         try:
-            name, args = message.body
-            if RPC_ARITY.get(name) != len(args):
-                self.stats["bad_request"] += 1
-                log.debug("dropped request %r with %d args from %s", name, len(args), address)
-                return
-            self.stats[f"rpc_{name}"] += 1
             result = getattr(self, f"rpc_{name}")(address, *args)
-            if asyncio.iscoroutine(result):
-                result = await result
             self.transport.sendto(wire.encode_response(message.msg_id, result), address)
         except wire.WireError as exc:
             log.error("reply to %s not sent: %s", address, exc)
-        finally:
-            self._serving -= 1
+        except Exception:
+            self.stats["handler_error"] += 1
+            log.exception("serving %s from %s failed", name, address)
 
     def _accept_response(self, msg_id: bytes, data: Any, address: tuple) -> None:
         pending = self._outstanding.get(msg_id)

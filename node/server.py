@@ -100,6 +100,10 @@ class AetherNode(Server):
         if not seeds:
             return []
         result = await self.lookup(self.node.id, seeds=seeds)
+        if result.failures and len(self.protocol.contacts()) < self.ksize:
+            # Requests went unanswered on a busy or lossy network: look again
+            # from what we know now rather than start with a sparse table.
+            result = await self.lookup(self.node.id)
         # As the Kademlia paper asks of a joining node: refresh every bucket
         # farther than our closest neighbour that is not full yet, so the table
         # covers the whole ID space and not just our neighbourhood.
@@ -240,7 +244,7 @@ class AetherNode(Server):
 
     def on_new_contact(self, node: Node) -> None:
         """Hand a newly seen node the values it is now among the closest to."""
-        if self.store.used_bytes():  # O(1), unlike counting rows
+        if self.store.has_values():
             self._background(self._hand_off(node))
 
     async def _hand_off(self, node: Node) -> None:

@@ -169,7 +169,7 @@ class _Ours:
         for node in nodes:
             for name, count in node.protocol.stats.items():
                 totals[name] = totals.get(name, 0) + count
-        keep = ("requests_sent", "timeouts", "unexpected_reply", "overloaded", "malformed", "bad_request")
+        keep = ("requests_sent", "timeouts", "late_reply", "unexpected_reply", "overloaded", "malformed", "bad_request")
         return {k: totals.get(k, 0) for k in keep}
 
 
@@ -486,7 +486,7 @@ def render(n: int, rows: dict[str, dict[str, Any]], ours: dict, stock: dict) -> 
                          f"join CPU {side.get('join_cpu_s')} s")
         timeouts = side.get("rpc", {}).get("fetch", {}).get("timeouts")
         if timeouts:
-            late = side["rpc"]["fetch"].get("unexpected_reply", 0)
+            late = side["rpc"]["fetch"].get("late_reply", 0)
             lines.append(f"  {side['impl']}: {timeouts} RPC timeouts in all (replies arriving after their timeout: {late})")
         if side.get("error") or side.get("timed_out"):
             lines.append(f"  note: {side['impl']}: {side.get('error') or 'phase time limit hit: ' + ', '.join(side['timed_out'])}")

@@ -539,6 +539,11 @@ class Store:
         with self._read() as c:
             return [bytes(r[0]) for r in c.execute("SELECT key FROM values_ ORDER BY key")]
 
+    def has_values(self) -> bool:
+        """Whether anything is held: one index probe, for checks made on every new contact."""
+        with self._read() as c:
+            return c.execute("SELECT 1 FROM values_ LIMIT 1").fetchone() is not None
+
     def count(self, role: str | None = None) -> int:
         """Number of held values (of one role, if given)."""
         with self._read() as c:

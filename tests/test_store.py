@@ -236,7 +236,9 @@ def test_expiry_merge_and_drop(store: Store) -> None:
 
 
 def test_get_touch_contains_delete(store: Store) -> None:
+    assert not store.has_values()
     store.put(k(1), b"a", kind=BLOCK, role="own", now=10.0)
+    assert store.has_values()
     assert store.get(k(1), touch=False).last_access == 10.0
     assert store.get(k(1), now=20.0).last_access == 10.0  # within ACCESS_GRANULARITY: no write
     assert store.get(k(1), now=100.0).last_access == 100.0
@@ -244,7 +246,7 @@ def test_get_touch_contains_delete(store: Store) -> None:
     assert store.get(k(2)) is None
     assert store.contains(k(1)) and not store.contains(k(2))
     assert store.delete(k(1)) is True and store.delete(k(1)) is False
-    assert store.count() == 0 and store.used_bytes() == 0
+    assert store.count() == 0 and store.used_bytes() == 0 and not store.has_values()
 
 
 def test_input_validation(store: Store) -> None:
