@@ -163,13 +163,14 @@ class AetherNode(Server):
         if not isinstance(result.value, Block):
             return None
         data = result.value.data
-        # The cached copy is written after the caller has its bytes, off the fetch's critical path.
-        asyncio.get_running_loop().call_soon(self._cache, key, data)
+        # The cached copy is written after the caller has its bytes, off the
+        # fetch's critical path (a background task, so stopping cancels it).
+        self._background(self._cache(key, data))
         if result.without_value:  # Kademlia's caching along the lookup path
             self._background(self.protocol.call_store(result.without_value[0], key, data))
         return data
 
-    def _cache(self, key: bytes, data: bytes) -> None:
+    async def _cache(self, key: bytes, data: bytes) -> None:
         self.store.put(key, data, kind=BLOCK, role="cache", expires=time.time() + self.config.cache_ttl)
 
     # ------------------------------------------------------------- records
