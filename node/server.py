@@ -156,9 +156,9 @@ class AetherNode(Server):
 
     async def get_block(self, key: bytes) -> bytes | None:
         """A block's bytes, checked against its key, from here or the network."""
-        held = self._held(key)
+        held = self.store.read(key)
         if held is not None:
-            return held.value
+            return held
         result = await self.lookup(key, want_value=True)
         if not isinstance(result.value, Block):
             return None
@@ -214,8 +214,7 @@ class AetherNode(Server):
 
     # ------------------------------------------------------------- serving peers
     def local_value(self, key: bytes) -> bytes | None:
-        held = self._held(key, touch=True)
-        return held.value if held is not None else None
+        return self.store.read(key)
 
     def accept_store(self, key: Any, value: Any) -> Any:
         """A peer's STORE: keep it if it verifies and fits, else say why not."""

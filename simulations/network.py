@@ -38,18 +38,19 @@ def _new_identity(home: Path) -> Identity:
 
 
 async def join_all(nodes: list, *, seed: int = 0, batch: int = 50) -> None:
-    """Join each node through a random earlier one, ``batch`` joins at a time.
+    """Join each node through a random node that has already joined, in growing waves.
 
-    Works for stock ``kademlia`` servers too: only ``bootstrap`` and the
+    A network grows from its first node: each wave is at most as large as the
+    network it joins (1, 2, 4, ... nodes) and at most ``batch`` joins run at
+    once. Works for stock ``kademlia`` servers too: only ``bootstrap`` and the
     listening address are used.
     """
     rng = random.Random(seed)
-    for start in range(1, len(nodes), batch):
-        joins = []
-        for i in range(start, min(start + batch, len(nodes))):
-            via = nodes[rng.randrange(i)]
-            joins.append(nodes[i].bootstrap([address_of(via)]))
-        await asyncio.gather(*joins)
+    joined = 1
+    while joined < len(nodes):
+        wave = range(joined, min(len(nodes), joined + min(batch, joined)))
+        await asyncio.gather(*(nodes[i].bootstrap([address_of(nodes[rng.randrange(joined)])]) for i in wave))
+        joined = wave.stop
 
 
 def address_of(node) -> tuple[str, int]:

@@ -521,3 +521,17 @@ AccountingMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_accounting_invariant = AccountingMachine.TestCase
+
+
+def test_read_serves_only_unexpired_bytes_and_touches_sparingly(store: Store) -> None:
+    store.put(k(1), b"alive", kind=BLOCK, role="replica", expires=1000.0, now=10.0)
+    store.put(k(2), b"forever", kind=BLOCK, role="own", now=10.0)
+    assert store.read(k(1), now=20.0) == b"alive"
+    assert store.get(k(1), touch=False).last_access == 10.0  # within ACCESS_GRANULARITY
+    assert store.read(k(1), now=500.0) == b"alive"
+    assert store.get(k(1), touch=False).last_access == 500.0
+    assert store.read(k(1), now=1000.0) is None  # expired: never served
+    assert store.read(k(2), now=10**9) == b"forever"
+    assert store.read(k(3)) is None
+    with pytest.raises(ValueError):
+        store.read(b"short")
