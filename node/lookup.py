@@ -17,6 +17,7 @@ them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -98,33 +99,47 @@ class Lookup:
 
     async def run(self) -> LookupResult:
         started = time.monotonic()
-        in_flight: dict[asyncio.Task, _Entry] = {}
-        try:
-            while True:
-                closest = self._closest_live()
-                for entry in closest:
-                    if len(in_flight) >= self.alpha:
-                        break
-                    if entry.state == _NEW:
-                        entry.state = _ASKED
-                        self.result.messages += 1
-                        task = asyncio.ensure_future(self.protocol.query(entry.node, self.target, self.want_value))
-                        in_flight[task] = entry
-                if not in_flight:
-                    break
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                found_block = False
-                for task in done:
-                    entry = in_flight.pop(task)
-                    found_block |= self._handle(entry, task.result())
-                if found_block:
-                    break
-        finally:
-            for task in in_flight:
-                self.protocol.adopt(task)
+        self._done = asyncio.get_running_loop().create_future()
+        self._in_flight = 0
+        self._pump()
+        await self._done
         self._finish()
         self.result.seconds = time.monotonic() - started
         return self.result
+
+    def _pump(self) -> None:
+        """Keep α requests in flight to the closest peers not yet asked; end when none is left."""
+        if self._done.done():
+            return
+        for entry in self._closest_live():
+            if self._in_flight >= self.alpha:
+                break
+            if entry.state == _NEW:
+                entry.state = _ASKED
+                self.result.messages += 1
+                self._in_flight += 1
+                request = self.protocol.request_find(entry.node, self.target, self.want_value)
+                request.add_done_callback(functools.partial(self._on_reply, entry))
+        if self._in_flight == 0:
+            self._done.set_result(None)
+
+    def _on_reply(self, entry: _Entry, request: asyncio.Future) -> None:
+        # Replies are handled in the future's callback, not in a task per
+        # request: fewer trips through the event loop per hop.
+        self._in_flight -= 1
+        try:
+            reply = self.protocol.find_reply(entry.node, request.result())
+            if self._done.done():
+                return  # a straggler after the end: the routing table has learned from it, nothing more
+            if self._handle(entry, reply):
+                self._done.set_result(None)
+            else:
+                self._pump()
+        except Exception as exc:  # a bug must fail the lookup, not leave it waiting forever
+            if not self._done.done():
+                self._done.set_exception(exc)
+            else:
+                raise
 
     def _handle(self, entry: _Entry, reply: FindReply) -> bool:
         """Fold one reply into the lookup; True when a valid block ends it."""

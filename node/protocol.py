@@ -225,10 +225,14 @@ class AetherProtocol(KademliaProtocol):
     def find_value(self, address: tuple, nodeid: bytes, key: bytes) -> asyncio.Future:
         return self._call(address, "find_value", nodeid, key)
 
-    async def query(self, node: Node, target: bytes, want_value: bool) -> FindReply:
-        """FIND_VALUE or FIND_NODE to one peer, with its reply checked and parsed."""
+    def request_find(self, node: Node, target: bytes, want_value: bool) -> asyncio.Future:
+        """Send FIND_VALUE or FIND_NODE; read the outcome with :meth:`find_reply`."""
         method = self.find_value if want_value else self.find_node
-        ok, body = self.handle_call_response(await method((node.ip, node.port), self.source_node.id, target), node)
+        return method((node.ip, node.port), self.source_node.id, target)
+
+    def find_reply(self, node: Node, result: tuple[bool, Any]) -> FindReply:
+        """Account for the outcome of a find request and parse what the peer said."""
+        ok, body = self.handle_call_response(result, node)
         if not ok:
             return FindReply(False)
         if isinstance(body, dict):
@@ -241,6 +245,10 @@ class AetherProtocol(KademliaProtocol):
                 if contact is not None and contact.id != self.source_node.id:
                     contacts.append(contact)
         return FindReply(True, contacts=contacts)
+
+    async def query(self, node: Node, target: bytes, want_value: bool) -> FindReply:
+        """FIND_VALUE or FIND_NODE to one peer, with its reply checked and parsed."""
+        return self.find_reply(node, await self.request_find(node, target, want_value))
 
     async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
         result = await self.ping((node_to_ask.ip, node_to_ask.port), self.source_node.id)
@@ -338,8 +346,11 @@ class AetherProtocol(KademliaProtocol):
     def rpc_find_value(self, sender: tuple, nodeid: Any, key: Any) -> Any:
         if not is_node_id(key):
             return error_reply("malformed", "key must be 20 bytes")
+        source = self._sender(sender, nodeid)
+        if source is None:
+            return error_reply("malformed", "node id must be 20 bytes")
         value = self.owner.local_value(key)
         if value is None:
-            return self.rpc_find_node(sender, nodeid, key)
-        self._sender(sender, nodeid)
+            neighbors = self.router.find_neighbors(Node(key), exclude=source)
+            return [[n.id, n.ip, n.port] for n in neighbors]
         return {"value": value}
