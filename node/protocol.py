@@ -33,6 +33,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from aether.node import wire
+from aether.node.routing import AetherRoutingTable
 from aether.node.rtt import RttEstimator
 from aether.node.values import KEY_BYTES
 
@@ -90,6 +91,7 @@ class FindReply:
 class AetherProtocol(KademliaProtocol):
     def __init__(self, owner: AetherNode):
         super().__init__(owner.node, owner.store, owner.ksize)
+        self.router = AetherRoutingTable(self, owner.ksize, owner.node)
         self.owner = owner
         config = owner.config
         self.rtt = RttEstimator(

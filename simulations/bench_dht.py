@@ -13,7 +13,7 @@ so that memory is measured per implementation:
 
 Both listen on 127.0.0.1 with a port the OS picks and join with
 :func:`aether.simulations.network.join_all` (each node bootstraps through a
-random earlier node, 50 joins at a time). The child then idles a few seconds
+node that has already joined, in waves of at most 50). The child then idles a few seconds
 and measures resident memory: (RSS now - RSS before the first node was
 created) / N.
 
@@ -23,7 +23,7 @@ fetched from a different random node. Ours stores with ``put_block(data)``
 (key = hash of the data) and fetches with ``get_block(key)``; stock stores with
 ``set(key_string, data)`` under a key string derived from the seed and fetches
 with ``get(key_string)``. All stores run first, one at a time, then all
-fetches, one at a time. A fetch succeeds when it returns exactly the stored
+fetches, one at a time, with a 10 ms pause between operations (``OP_PAUSE``). A fetch succeeds when it returns exactly the stored
 bytes. Every phase (start, join, stores, fetches) has a time limit; operations
 cut off by it count as failures.
 
@@ -52,6 +52,10 @@ from aether.simulations.stats import percentiles
 
 IMPLEMENTATIONS = ("ours", "stock")
 IDLE_SECONDS = 3.0
+OP_PAUSE = 0.01
+"""Seconds between two operations. All nodes share one event loop here, so work
+a node does after answering (a stock node's or ours: caching, hand-offs, late
+replies) would otherwise land on the next operation's clock."""
 MIN_VALUE, MAX_VALUE = 100, 1000
 
 
@@ -275,6 +279,9 @@ async def run_network(impl_name: str, n: int, ops: int, seed: int, timeout: floa
             # -- idle, then memory
             await asyncio.sleep(IDLE_SECONDS)
             gc.collect()
+            # The network's long-lived objects leave the collector's scans, so a
+            # collection does not stall a timed operation (same for both sides).
+            gc.freeze()
             rss_idle = rss_bytes()
             result["rss_before_bytes"] = rss_before
             result["rss_idle_bytes"] = rss_idle
@@ -298,6 +305,7 @@ async def run_network(impl_name: str, n: int, ops: int, seed: int, timeout: floa
                         say(f"store {i} raised {exc!r}")
                         store_detail[i] = {"error": repr(exc)}
                     store_ms.append((time.perf_counter() - t) * 1000)
+                    await asyncio.sleep(OP_PAUSE)
 
             if not await _timed_phase(store_all(), timeout):
                 result["timed_out"].append("store")
@@ -320,6 +328,7 @@ async def run_network(impl_name: str, n: int, ops: int, seed: int, timeout: floa
                         got = None
                     fetch_ms.append((time.perf_counter() - t) * 1000)
                     fetch_ok[i] = got == value
+                    await asyncio.sleep(OP_PAUSE)
 
             if not await _timed_phase(fetch_all(), timeout):
                 result["timed_out"].append("fetch")

@@ -1,0 +1,70 @@
+"""The routing table answers neighbour queries exactly."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kademlia.node import Node
+
+from kademlia.routing import RoutingTable
+
+from aether.node.routing import AetherRoutingTable
+
+
+class _NoPings:
+    """The table pings a full bucket's head; these tests only read the table."""
+
+    async def call_ping(self, node):
+        return (True, node.id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 300), st.integers(1, 30), st.floats(0, 0.95))
+def test_find_neighbors_returns_the_k_closest_contacts(seed, contacts, k, dropped):
+    """Exact against brute force, also after contacts were dropped and buckets left empty."""
+    rng = random.Random(seed)
+    own = Node(rng.randbytes(20))
+    table = AetherRoutingTable(_NoPings(), 20, own)
+    added = []
+    for i in range(contacts):
+        node = Node(rng.randbytes(20), "127.0.0.1", 1000 + i)
+        table.add_contact(node)
+        if not table.is_new_node(node):
+            added.append(node)
+    for node in rng.sample(added, int(len(added) * dropped)):
+        bucket = table.buckets[table.get_bucket_for(node)]
+        bucket.replacement_nodes.clear()  # no replacement: the bucket may end up empty
+        table.remove_contact(node)
+    remaining = [n for bucket in table.buckets for n in bucket.nodes.values()]
+    target = Node(rng.randbytes(20))
+    expected = sorted(remaining, key=lambda n: n.long_id ^ target.long_id)[:k]
+    assert [n.id for n in table.find_neighbors(target, k=k)] == [n.id for n in expected]
+
+
+def test_stock_neighbour_query_can_miss_every_contact_and_ours_does_not():
+    """The stock walk stops at empty buckets; a table with contacts must still answer."""
+    own = Node((2**160 - 1).to_bytes(20, "big"))
+    table = AetherRoutingTable(_NoPings(), 2, own)
+    ids = [0, 1, 2**158, 2**158 + 1, 2**159 + 2**157, 2**159 + 2**157 + 1]
+    nodes = [Node(i.to_bytes(20, "big"), "127.0.0.1", 3000 + n) for n, i in enumerate(ids)]
+    for node in nodes:
+        table.add_contact(node)
+    for node in nodes[2:]:
+        table.buckets[table.get_bucket_for(node)].replacement_nodes.clear()
+        table.remove_contact(node)
+    target = Node((2**160 - 2).to_bytes(20, "big"))
+    assert RoutingTable.find_neighbors(table, target) == []  # the stock bug
+    assert [n.id for n in table.find_neighbors(target)] == [nodes[0].id, nodes[1].id]
+
+
+def test_find_neighbors_leaves_out_the_target_and_the_excluded_address():
+    own = Node(b"\x00" * 20)
+    table = AetherRoutingTable(_NoPings(), 20, own)
+    nodes = [Node(bytes([i]) * 20, "127.0.0.1", 2000 + i) for i in range(1, 6)]
+    for node in nodes:
+        table.add_contact(node)
+    found = table.find_neighbors(nodes[0], exclude=nodes[1])
+    assert nodes[0] not in found and nodes[1] not in found
+    assert len(found) == 3
