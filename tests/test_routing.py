@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
-
 from kademlia.routing import RoutingTable
 
 from aether.node.routing import AetherRoutingTable
@@ -20,19 +20,31 @@ class _NoPings:
         return (True, node.id)
 
 
+def filled_table(own: Node, ksize: int, nodes: list[Node]) -> AetherRoutingTable:
+    """A table holding what it accepts of ``nodes``, built inside an event loop of its own.
+
+    A full bucket schedules a ping of its head with ``asyncio.ensure_future``,
+    which needs a loop; relying on whatever loop an earlier test left behind
+    would make these tests depend on the order they run in.
+    """
+
+    async def fill() -> AetherRoutingTable:
+        table = AetherRoutingTable(_NoPings(), ksize, own)
+        for node in nodes:
+            table.add_contact(node)
+        return table
+
+    return asyncio.run(fill())
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2**32), st.integers(1, 300), st.integers(1, 30), st.floats(0, 0.95))
 def test_find_neighbors_returns_the_k_closest_contacts(seed, contacts, k, dropped):
     """Exact against brute force, also after contacts were dropped and buckets left empty."""
     rng = random.Random(seed)
     own = Node(rng.randbytes(20))
-    table = AetherRoutingTable(_NoPings(), 20, own)
-    added = []
-    for i in range(contacts):
-        node = Node(rng.randbytes(20), "127.0.0.1", 1000 + i)
-        table.add_contact(node)
-        if not table.is_new_node(node):
-            added.append(node)
+    table = filled_table(own, 20, [Node(rng.randbytes(20), "127.0.0.1", 1000 + i) for i in range(contacts)])
+    added = [n for bucket in table.buckets for n in bucket.nodes.values()]
     for node in rng.sample(added, int(len(added) * dropped)):
         bucket = table.buckets[table.get_bucket_for(node)]
         bucket.replacement_nodes.clear()  # no replacement: the bucket may end up empty
@@ -46,11 +58,9 @@ def test_find_neighbors_returns_the_k_closest_contacts(seed, contacts, k, droppe
 def test_stock_neighbour_query_can_miss_every_contact_and_ours_does_not():
     """The stock walk stops at empty buckets; a table with contacts must still answer."""
     own = Node((2**160 - 1).to_bytes(20, "big"))
-    table = AetherRoutingTable(_NoPings(), 2, own)
     ids = [0, 1, 2**158, 2**158 + 1, 2**159 + 2**157, 2**159 + 2**157 + 1]
     nodes = [Node(i.to_bytes(20, "big"), "127.0.0.1", 3000 + n) for n, i in enumerate(ids)]
-    for node in nodes:
-        table.add_contact(node)
+    table = filled_table(own, 2, nodes)
     for node in nodes[2:]:
         table.buckets[table.get_bucket_for(node)].replacement_nodes.clear()
         table.remove_contact(node)
@@ -61,10 +71,8 @@ def test_stock_neighbour_query_can_miss_every_contact_and_ours_does_not():
 
 def test_find_neighbors_leaves_out_the_target_and_the_excluded_address():
     own = Node(b"\x00" * 20)
-    table = AetherRoutingTable(_NoPings(), 20, own)
     nodes = [Node(bytes([i]) * 20, "127.0.0.1", 2000 + i) for i in range(1, 6)]
-    for node in nodes:
-        table.add_contact(node)
+    table = filled_table(own, 20, nodes)
     found = table.find_neighbors(nodes[0], exclude=nodes[1])
     assert nodes[0] not in found and nodes[1] not in found
     assert len(found) == 3
