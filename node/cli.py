@@ -7,6 +7,7 @@ Errors go to stderr with a non-zero exit status, never as a traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -89,9 +90,9 @@ def daemon(obj: Context, listen: tuple[str, int] | None, bootstrap: list[tuple[s
 
     settings = _guard(obj.home.settings)
     if listen:
-        settings = type(settings)(listen, settings.bootstrap, settings.node)
+        settings = dataclasses.replace(settings, listen=listen)
     if bootstrap:
-        settings = type(settings)(settings.listen, list(bootstrap) + settings.bootstrap, settings.node)
+        settings = dataclasses.replace(settings, bootstrap=list(bootstrap) + settings.bootstrap)
     _guard(lambda: asyncio.run(daemon_module.run(obj.home, settings)))
 
 

@@ -342,8 +342,11 @@ class AetherProtocol(KademliaProtocol):
         source = self._sender(sender, nodeid)
         if source is None or not is_node_id(key):
             return error_reply("malformed", "node id and key must be 20 bytes")
-        neighbors = self.router.find_neighbors(Node(key), exclude=source)
-        return [[n.id, n.ip, n.port] for n in neighbors]
+        return self._neighbors(key, source)
+
+    def _neighbors(self, key: bytes, source: Node) -> list[list]:
+        """The FIND_NODE answer: ``[id, host, port]`` of our k contacts closest to ``key``, without the asker."""
+        return [[n.id, n.ip, n.port] for n in self.router.find_neighbors(Node(key), exclude=source)]
 
     def rpc_find_value(self, sender: tuple, nodeid: Any, key: Any) -> Any:
         if not is_node_id(key):
@@ -353,6 +356,5 @@ class AetherProtocol(KademliaProtocol):
             return error_reply("malformed", "node id must be 20 bytes")
         value = self.owner.local_value(key)
         if value is None:
-            neighbors = self.router.find_neighbors(Node(key), exclude=source)
-            return [[n.id, n.ip, n.port] for n in neighbors]
+            return self._neighbors(key, source)
         return {"value": value}

@@ -200,9 +200,9 @@ class AetherNode(Server):
         """The newest valid record under ``key``; peers holding older ones are updated."""
         result = await self.lookup(key, want_value=True)
         best = result.value.record if isinstance(result.value, Record) else None
-        held = self._held(key)
-        if held is not None and held.kind == RECORD:
-            local = check_value(key, held.value)
+        held = self.store.read(key)
+        if held is not None:
+            local = check_value(key, held)
             if isinstance(local, Record) and (best is None or local.record.seq > best.seq):
                 best = local.record
         if best is not None:
@@ -261,12 +261,6 @@ class AetherNode(Server):
             await self.protocol.call_store(node, held.key, held.value)
 
     # ------------------------------------------------------------- helpers
-    def _held(self, key: bytes, touch: bool = True) -> StoredValue | None:
-        held = self.store.get(key, touch=touch)
-        if held is None or (held.expires is not None and held.expires <= time.time()):
-            return None
-        return held
-
     async def _replicate(self, key: bytes, value: bytes) -> PutReport:
         result = await self.lookup(key)
         report = PutReport(key, lookup=result)
