@@ -34,6 +34,8 @@ __all__ = [
     "parse_and_verify",
     "record_key",
     "signed_bytes",
+    "topic_key",
+    "topic_of",
     "verify_record",
 ]
 
@@ -81,6 +83,25 @@ def record_key(author: bytes, name: bytes) -> bytes:
     Binding the key to the author means nobody else can publish under it.
     """
     return hashlib.sha256(b"aether-record\x00" + author + name).digest()[:RECORD_KEY_BYTES]
+
+
+TOPIC_SEPARATOR = b"#"
+
+
+def topic_of(name: bytes) -> bytes | None:
+    """The topic of a record named ``topic#item``, or None for a name without one.
+
+    A record with a topic may also be stored under the topic's key, which every
+    author shares: that is how many authors publish under one index term or one
+    pattern hash. Its own key stays its author's alone.
+    """
+    topic, separator, _ = name.partition(TOPIC_SEPARATOR)
+    return topic if separator else None
+
+
+def topic_key(topic: bytes) -> bytes:
+    """The 160-bit DHT key shared by every author's records under ``topic``."""
+    return hashlib.sha256(b"aether-topic\x00" + topic).digest()[:RECORD_KEY_BYTES]
 
 
 def signed_bytes(
@@ -133,6 +154,12 @@ class SignedRecord:
     def key(self) -> bytes:
         """The DHT key this record lives under."""
         return record_key(self.author, self.name)
+
+    @property
+    def topic_key(self) -> bytes | None:
+        """The shared key this record may also live under (see :func:`topic_of`)."""
+        topic = topic_of(self.name)
+        return None if topic is None else topic_key(topic)
 
     def signed_bytes(self) -> bytes:
         """The message the signature covers."""
@@ -250,8 +277,9 @@ def verify_record(
     record: SignedRecord, *, key: bytes | None = None, now: float | None = None
 ) -> None:
     """Raise RecordError unless `record` is authentic, current, and (if `key` is given)
-    stored under `key`. Cheap checks run before the signature, to shed forged junk fast."""
-    if key is not None and key != record.key:
+    stored under `key`: its own key or its topic's. Cheap checks run before the
+    signature, to shed forged junk fast."""
+    if key is not None and key != record.key and key != record.topic_key:
         raise RecordError("wrong-key", "record's author and name do not hash to the requested key")
     if now is None:
         now = time.time()

@@ -47,6 +47,10 @@ class NodeConfig:
     rpc_timeout_max: float = 5.0
     max_replica_bytes: int = 1 << 30
     """Bytes of other nodes' data this node accepts before answering STORE with "full"."""
+    max_entries_per_key: int = 64
+    """Entries one shared key (an index term, a pattern hash) holds; the newest are kept."""
+    max_pattern_bytes: int = 1 << 20
+    """Largest pattern document this node publishes (at most 1.5 MiB, 256 blocks)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -55,9 +59,12 @@ class NodeConfig:
                 raise ConfigError(f"{f.name} must be a number, not {value!r}")
             if value <= 0:
                 raise ConfigError(f"{f.name} must be greater than 0, not {value!r}")
+        if self.max_pattern_bytes > 256 * 6 * 1024:
+            raise ConfigError("max_pattern_bytes must be at most 1572864 (256 blocks of 6 KiB)")
         if not self.rpc_timeout_min <= self.rpc_timeout_initial <= self.rpc_timeout_max:
             raise ConfigError("need rpc_timeout_min <= rpc_timeout_initial <= rpc_timeout_max")
-        for name in ("ksize", "alpha", "stale_after_failures", "max_replica_bytes"):
+        for name in ("ksize", "alpha", "stale_after_failures", "max_replica_bytes", "max_entries_per_key",
+                     "max_pattern_bytes"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number")
 

@@ -41,6 +41,8 @@ bootstrap = []
 # expire_interval = 300
 # contacts_save_interval = 60
 # max_replica_bytes = 1073741824
+# max_entries_per_key = 64      # index entries one shared key holds (newest kept)
+# max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)
 """
 
 

@@ -11,7 +11,10 @@ Values returned by peers are checked (:func:`aether.node.values.check_value`)
 before use; a peer returning a bad value is counted as a liar and its answer
 ignored. For records the lookup keeps going and returns the highest sequence
 number seen, with the peers that still hold older ones, so callers can repair
-them.
+them. For shared keys it merges the pages of entries the holders return,
+keeping each author's newest, and either stops at the first holder
+(``first_entries``, enough for a pattern's manifest) or goes on to the k
+closest (an index term, where each holder may know other authors).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from kademlia.node import Node
 
-from aether.node.values import Block, Record, ValueRejected, check_value
+from aether.node.values import Block, Entries, Entry, Record, ValueRejected, check_found
 
 if TYPE_CHECKING:
     from aether.node.protocol import AetherProtocol, FindReply
@@ -44,6 +47,10 @@ class LookupResult:
     """Peers that returned an older record than the chosen one."""
     without_value: list[Node] = field(default_factory=list)
     """Peers that answered without a value (nearest first)."""
+    entries: list[Entry] = field(default_factory=list)
+    """Entries of a shared key, each author's newest per name, newest first."""
+    more: list[tuple[Node, int]] = field(default_factory=list)
+    """Holders that have more entries than one page, with where their next page starts."""
     messages: int = 0
     failures: int = 0
     rejected: int = 0
@@ -69,6 +76,7 @@ class Lookup:
         k: int,
         alpha: int,
         want_value: bool,
+        first_entries: bool = False,
     ):
         self.protocol = protocol
         self.target = target
@@ -76,6 +84,8 @@ class Lookup:
         self.k = k
         self.alpha = alpha
         self.want_value = want_value
+        self.first_entries = first_entries
+        self._entries: dict[tuple[bytes, bytes], Entry] = {}
         self.entries: dict[bytes, _Entry] = {}
         self.own_id = protocol.source_node.id
         self.result = LookupResult(target)
@@ -150,7 +160,7 @@ class Lookup:
         entry.state = _ANSWERED
         if reply.value is not None:
             try:
-                checked = check_value(self.target, reply.value)
+                checked = check_found(self.target, reply.value)
             except ValueRejected:
                 self.result.rejected += 1
                 entry.state = _FAILED  # a liar: neither trusted for the value nor counted among the closest
@@ -160,6 +170,8 @@ class Lookup:
                 self.result.holders.append(entry.node)
                 self.result.hops = entry.depth
                 return True
+            if isinstance(checked, Entries):
+                return self._merge(entry, checked)
             self._records.append((checked, entry.node))
             self.result.hops = max(self.result.hops, entry.depth)
             return False
@@ -168,7 +180,22 @@ class Lookup:
             self._add(contact, entry.depth + 1)
         return False
 
+    def _merge(self, entry: _Entry, page: Entries) -> bool:
+        for item in page.entries:
+            ident = (item.record.author, item.record.name)
+            held = self._entries.get(ident)
+            if held is None or item.record.seq > held.record.seq:
+                self._entries[ident] = item
+        self.result.holders.append(entry.node)
+        if page.next_offset is not None:
+            self.result.more.append((entry.node, page.next_offset))
+        self.result.hops = max(self.result.hops, entry.depth)
+        return self.first_entries and bool(page.entries)
+
     def _finish(self) -> None:
+        self.result.entries = sorted(
+            self._entries.values(), key=lambda e: (-e.record.expires, e.record.author, e.record.name)
+        )
         answered = sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance)
         self.result.closest = [e.node for e in answered[: self.k]]
         if not self.result.hops and answered:

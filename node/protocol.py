@@ -42,8 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RPC_ARITY = {"ping": 1, "stun": 0, "store": 3, "find_node": 2, "find_value": 2}
-"""Each RPC a peer may call, with the number of arguments it takes."""
+RPC_ARITY = {"ping": {1}, "stun": {0}, "store": {3}, "find_node": {2}, "find_value": {2, 3}}
+"""Each RPC a peer may call, with the numbers of arguments it takes.
+
+FIND_VALUE's optional third argument asks a holder of a shared key for the
+page of entries starting at that offset; only aether nodes send it, and only
+to holders that said they have more.
+"""
 
 MAX_REMEMBERED_TIMEOUTS = 1024
 """Timed-out requests remembered so that a late reply still teaches the RTT estimator."""
@@ -143,7 +148,7 @@ class AetherProtocol(KademliaProtocol):
         transport whose protocol raises, which would take the node offline.
         """
         name, args = message.body
-        if RPC_ARITY.get(name) != len(args):
+        if len(args) not in RPC_ARITY.get(name, ()):
             self.stats["bad_request"] += 1
             log.debug("dropped request %r with %d args from %s", name, len(args), address)
             return
@@ -224,8 +229,15 @@ class AetherProtocol(KademliaProtocol):
     def find_node(self, address: tuple, nodeid: bytes, key: bytes) -> asyncio.Future:
         return self._call(address, "find_node", nodeid, key)
 
-    def find_value(self, address: tuple, nodeid: bytes, key: bytes) -> asyncio.Future:
-        return self._call(address, "find_value", nodeid, key)
+    def find_value(self, address: tuple, nodeid: bytes, key: bytes, offset: int | None = None) -> asyncio.Future:
+        if offset is None:
+            return self._call(address, "find_value", nodeid, key)
+        return self._call(address, "find_value", nodeid, key, offset)
+
+    async def call_find_page(self, node: Node, key: bytes, offset: int) -> FindReply:
+        """A further page of a shared key's entries from a holder that has more."""
+        result = await self.find_value((node.ip, node.port), self.source_node.id, key, offset)
+        return self.find_reply(node, result)
 
     def request_find(self, node: Node, target: bytes, want_value: bool) -> asyncio.Future:
         """Send FIND_VALUE or FIND_NODE; read the outcome with :meth:`find_reply`."""
@@ -348,13 +360,15 @@ class AetherProtocol(KademliaProtocol):
         """The FIND_NODE answer: ``[id, host, port]`` of our k contacts closest to ``key``, without the asker."""
         return [[n.id, n.ip, n.port] for n in self.router.find_neighbors(Node(key), exclude=source)]
 
-    def rpc_find_value(self, sender: tuple, nodeid: Any, key: Any) -> Any:
+    def rpc_find_value(self, sender: tuple, nodeid: Any, key: Any, offset: Any = 0) -> Any:
         if not is_node_id(key):
             return error_reply("malformed", "key must be 20 bytes")
+        if type(offset) is not int or not 0 <= offset < 1 << 20:
+            return error_reply("malformed", "offset must be a small whole number")
         source = self._sender(sender, nodeid)
         if source is None:
             return error_reply("malformed", "node id must be 20 bytes")
-        value = self.owner.local_value(key)
+        value = self.owner.local_value(key, offset)
         if value is None:
             return self._neighbors(key, source)
         return {"value": value}

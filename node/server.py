@@ -29,12 +29,24 @@ from kademlia.node import Node
 from aether.crypto.identity import Identity
 from aether.crypto.records import SignedRecord, create_record, record_key
 from aether.node.config import NodeConfig
+from aether.node.entries import MANIFEST_KIND, EntryError, manifest_of
 from aether.node.lookup import Lookup, LookupResult
 from aether.node.protocol import AetherProtocol, error_reply
-from aether.node.values import Block, Record, ValueRejected, block_key, check_value
-from aether.storage.store import BLOCK, RECORD, PutResult, Store, StoredValue
+from aether.node.values import (
+    Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
+)
+from aether.storage.store import BLOCK, RECORD, PutResult, Store, StoredEntry, StoredValue
 
 log = logging.getLogger(__name__)
+
+
+def next_seq(previous: int = 0) -> int:
+    """A sequence number above ``previous`` and at least the time in milliseconds.
+
+    Time-based numbers keep rising even when a node has lost its copy of what it
+    published last, so a new version is never refused as older than its own past.
+    """
+    return max(previous + 1, int(time.time() * 1000))
 
 
 def random_id_in(id_range: tuple[int, int]) -> bytes:
@@ -52,6 +64,8 @@ class PutReport:
     refused: Counter = field(default_factory=Counter)
     unreachable: int = 0
     lookup: LookupResult | None = None
+    accepted: list[Node] = field(default_factory=list)
+    """The nodes that acknowledged the STORE."""
 
 
 class AetherNode(Server):
@@ -141,10 +155,15 @@ class AetherNode(Server):
             self.store.save_contacts([(n.id, n.ip, n.port) for n in contacts])
 
     # ------------------------------------------------------------- lookups
-    async def lookup(self, key: bytes, *, want_value: bool = False, seeds: list[Node] | None = None) -> LookupResult:
+    async def lookup(
+        self, key: bytes, *, want_value: bool = False, first_entries: bool = False, seeds: list[Node] | None = None
+    ) -> LookupResult:
         if seeds is None:
             seeds = self.protocol.router.find_neighbors(Node(key), k=self.ksize)
-        return await Lookup(self.protocol, key, seeds, k=self.ksize, alpha=self.alpha, want_value=want_value).run()
+        return await Lookup(
+            self.protocol, key, seeds, k=self.ksize, alpha=self.alpha, want_value=want_value,
+            first_entries=first_entries,
+        ).run()
 
     # ------------------------------------------------------------- blocks
     async def put_block(self, data: bytes) -> PutReport:
@@ -153,6 +172,23 @@ class AetherNode(Server):
         check_value(key, data)
         self.store.put(key, data, kind=BLOCK, role="own", pinned=True)
         return await self._replicate(key, data)
+
+    async def pull_block(self, key: bytes, holders: list[Node]) -> tuple[bytes | None, list[Node]]:
+        """A block from the first of ``holders`` that returns it intact, and the holders that lied.
+
+        No lookup: the holders are the nodes closest to the block's pattern,
+        which a single lookup has already found.
+        """
+        liars = []
+        for node in holders:
+            reply = await self.protocol.query(node, key, want_value=True)
+            if not reply.ok or reply.value is None:
+                continue
+            if block_key(reply.value) == key:
+                return reply.value, liars
+            self.protocol.stats["tampered_blocks"] += 1
+            liars.append(node)
+        return None, liars
 
     async def get_block(self, key: bytes) -> bytes | None:
         """A block's bytes, checked against its key, from here or the network."""
@@ -165,9 +201,9 @@ class AetherNode(Server):
         data = result.value.data
         # The cached copy is written after the caller has its bytes, off the
         # fetch's critical path (a background task, so stopping cancels it).
-        self._background(self._cache(key, data))
+        self.background(self._cache(key, data))
         if result.without_value:  # Kademlia's caching along the lookup path
-            self._background(self.protocol.call_store(result.without_value[0], key, data))
+            self.background(self.protocol.call_store(result.without_value[0], key, data))
         return data
 
     async def _cache(self, key: bytes, data: bytes) -> None:
@@ -209,12 +245,97 @@ class AetherNode(Server):
             data = best.encode()
             self.store.put(key, data, kind=RECORD, role="cache", seq=best.seq, expires=best.expires)
             for node in result.stale + result.without_value[:1]:
-                self._background(self.protocol.call_store(node, key, data))
+                self.background(self.protocol.call_store(node, key, data))
         return best
 
+    # ------------------------------------------------------------- entries (shared keys)
+    def keep_entry(self, entry: Entry, *, role: str, pinned: bool = False) -> PutResult:
+        """Hold an entry here; a manifest also ties its blocks to the pattern's key."""
+        record = entry.record
+        outcome = self.store.put_entry(
+            entry.key, record.author, record.name, entry.data, seq=record.seq, expires=record.expires,
+            role=role, pinned=pinned, limit=self.config.max_entries_per_key,
+        )
+        if record.kind == MANIFEST_KIND and outcome in (PutResult.STORED, PutResult.UNCHANGED):
+            try:
+                self.store.link(entry.key, manifest_of(record).manifest.blocks)
+            except EntryError:
+                pass  # an unreadable manifest links nothing; its signature was still good
+        return outcome
+
+    async def put_entry(self, record: SignedRecord, *, closest: list[Node] | None = None) -> PutReport:
+        """Hold one of our entries here, pinned, and store it on the k nodes closest to its topic."""
+        key = record.topic_key
+        if key is None:
+            raise ValueError("an entry's name must have a topic (topic#item)")
+        data = record.encode()
+        checked = check_value(key, data)
+        assert isinstance(checked, Entry)
+        outcome = self.keep_entry(checked, role="own", pinned=True)
+        if outcome in (PutResult.REFUSED_OLDER, PutResult.REFUSED_CONFLICT):
+            raise ValueRejected("older", f"an entry with sequence number >= {record.seq} is already held")
+        if closest is None:
+            return await self._replicate(key, data)
+        return await self.store_on(closest, key, data)
+
+    async def get_entries(self, key: bytes, *, first: bool = False, max_pages: int = 4) -> LookupResult:
+        """Entries under a shared key from the network and this node, each author's newest per name.
+
+        ``first`` stops at the first holder (a pattern's manifest: any holder will
+        do); otherwise the lookup asks the k closest and merges what they know,
+        reading further pages from the nearest holder that has more.
+        """
+        result = await self.lookup(key, want_value=True, first_entries=first)
+        merged = {(e.record.author, e.record.name): e for e in result.entries}
+        for node, offset in result.more[:1]:
+            for _ in range(max_pages):
+                reply = await self.protocol.call_find_page(node, key, offset)
+                if not reply.ok or reply.value is None:
+                    break
+                try:
+                    page = check_found(key, reply.value)
+                except ValueRejected:
+                    break
+                if not isinstance(page, Entries):
+                    break
+                self._merge_entries(merged, page.entries)
+                if page.next_offset is None or page.next_offset <= offset:
+                    break
+                offset = page.next_offset
+        local = []
+        for held in self.store.entries(key):
+            try:
+                checked = check_value(key, held.value)
+            except ValueRejected:
+                continue
+            if isinstance(checked, Entry):
+                local.append(checked)
+        self._merge_entries(merged, local)
+        result.entries = sorted(merged.values(), key=lambda e: (-e.record.expires, e.record.author, e.record.name))
+        return result
+
+    @staticmethod
+    def _merge_entries(merged: dict, entries: tuple[Entry, ...] | list[Entry]) -> None:
+        for item in entries:
+            ident = (item.record.author, item.record.name)
+            held = merged.get(ident)
+            if held is None or item.record.seq > held.record.seq:
+                merged[ident] = item
+
     # ------------------------------------------------------------- serving peers
-    def local_value(self, key: bytes) -> bytes | None:
-        return self.store.read(key)
+    def local_value(self, key: bytes, offset: int = 0) -> bytes | None:
+        """What FIND_VALUE answers: a block or record, else a page of the entries under ``key``."""
+        if offset == 0:
+            value = self.store.read(key)
+            if value is not None:
+                return value
+        page = self.store.entries(key, offset=offset, limit=self.config.max_entries_per_key + 1)
+        if not page:
+            return None
+        data = [held.value for held in page]
+        fit = bundle_fit(data)
+        more = fit < len(data)
+        return encode_bundle(data[:fit], offset + fit if more else None)
 
     def accept_store(self, key: Any, value: Any) -> Any:
         """A peer's STORE: keep it if it verifies and fits, else say why not."""
@@ -226,7 +347,14 @@ class AetherNode(Server):
         if not self.store.contains(key) and self.store.used_bytes() + len(value) > self.config.max_replica_bytes:
             return error_reply("full", "this node's storage for replicas is full")
         now = time.time()
-        if isinstance(checked, Record):
+        if isinstance(checked, Entry):
+            outcome = self.keep_entry(checked, role="replica")
+            if outcome is PutResult.REFUSED_FULL:
+                return error_reply("full", "this key holds its limit of newer entries")
+            if outcome is PutResult.UNCHANGED:
+                record = checked.record
+                self.store.mark_entries_republished([(key, record.author, record.name)], now=now)
+        elif isinstance(checked, Record):
             outcome = self.store.put(
                 key, value, kind=RECORD, role="replica", seq=checked.record.seq, expires=checked.record.expires, now=now
             )
@@ -236,7 +364,7 @@ class AetherNode(Server):
             return error_reply("older", "a newer record is held for this key")
         if outcome is PutResult.REFUSED_CONFLICT:
             return error_reply("conflict", "a different record with the same sequence number is held")
-        if outcome is PutResult.UNCHANGED:
+        if outcome is PutResult.UNCHANGED and not isinstance(checked, Entry):
             # Someone else re-replicated it (the store kept the later expiry):
             # our own hourly re-replication can skip it (Kademlia, section 2.5).
             self.store.mark_republished([key], now=now)
@@ -245,36 +373,56 @@ class AetherNode(Server):
     def on_new_contact(self, node: Node) -> None:
         """Hand a newly seen node the values it is now among the closest to."""
         if self.store.has_values():
-            self._background(self._hand_off(node))
+            self.background(self._hand_off(node))
 
     async def _hand_off(self, node: Node) -> None:
-        router = self.protocol.router
-        for held in self.store.iter_values():
-            target = Node(held.key)  # the key itself, not a hash of it
-            neighbors = router.find_neighbors(target, exclude=node)
-            if neighbors:
-                farthest = neighbors[-1].distance_to(target)
-                if len(neighbors) >= self.ksize and node.distance_to(target) >= farthest:
-                    continue
-                if self.node.distance_to(target) > neighbors[0].distance_to(target):
-                    continue
-            await self.protocol.call_store(node, held.key, held.value)
+        held_items: list[StoredValue | StoredEntry] = [*self.store.iter_entries(), *self.store.iter_values()]
+        for held in held_items:
+            if self._should_hand_off(node, self._placement(held)):
+                await self.protocol.call_store(node, held.key, held.value)
+
+    def _should_hand_off(self, node: Node, key: bytes) -> bool:
+        """Whether ``node`` is now among the k closest to ``key`` and we are the closest holder."""
+        target = Node(key)  # the key itself, not a hash of it
+        neighbors = self.protocol.router.find_neighbors(target, exclude=node)
+        if neighbors:
+            farthest = neighbors[-1].distance_to(target)
+            if len(neighbors) >= self.ksize and node.distance_to(target) >= farthest:
+                return False
+            if self.node.distance_to(target) > neighbors[0].distance_to(target):
+                return False
+        return True
+
+    def _placement(self, held: StoredValue | StoredEntry) -> bytes:
+        """The key a held value lives near: a block listed by a held manifest lives near its pattern."""
+        if isinstance(held, StoredValue) and held.kind == BLOCK:
+            return self.store.group_of(held.key) or held.key
+        return held.key
 
     # ------------------------------------------------------------- helpers
-    async def _replicate(self, key: bytes, value: bytes) -> PutReport:
-        result = await self.lookup(key)
-        report = PutReport(key, lookup=result)
-        replies = await asyncio.gather(*(self.protocol.call_store(n, key, value) for n in result.closest))
-        for ok, body in replies:
+    async def _replicate(self, key: bytes, value: bytes, *, near: bytes | None = None) -> PutReport:
+        """Store on the k nodes closest to ``near`` (default: the key itself)."""
+        result = await self.lookup(near or key)
+        report = await self.store_on(result.closest, key, value)
+        report.lookup = result
+        return report
+
+    async def store_on(self, nodes: list[Node], key: bytes, value: bytes) -> PutReport:
+        """STORE one value on each of ``nodes`` at once, and count the outcomes."""
+        report = PutReport(key)
+        replies = await asyncio.gather(*(self.protocol.call_store(n, key, value) for n in nodes))
+        for node, (ok, body) in zip(nodes, replies):
             if not ok:
                 report.unreachable += 1
             elif isinstance(body, dict) and "error" in body:
                 report.refused[str(body.get("error"))] += 1
             else:
                 report.stored += 1
+                report.accepted.append(node)
         return report
 
-    def _background(self, coro: Awaitable) -> None:
+    def background(self, coro: Awaitable) -> None:
+        """Run work off the caller's path; stopping the node cancels it."""
         self.protocol.adopt(asyncio.ensure_future(coro))
 
     # ------------------------------------------------------------- maintenance
@@ -311,14 +459,42 @@ class AetherNode(Server):
             await self.lookup(target)
 
     async def republish_own(self) -> None:
+        """Store our own values and entries on the k closest nodes again; re-sign those near expiry.
+
+        Pinned copies of others' values (a user's pins) are republished as well,
+        so that what a user keeps stays findable while its signatures are valid.
+        """
         now = time.time()
-        for held in list(self.store.iter_values(role="own")):
+        renew_before = 2 * self.config.republish_interval
+        for entry in self.store.iter_entries():
+            if entry.role != "own" and not entry.pinned:
+                continue
+            value = entry.value
+            if entry.role == "own" and entry.expires - now < renew_before:
+                value = self._renewed_entry(entry) or value
+            await self._replicate(entry.key, value)
+            self.store.mark_entries_republished([entry.ident], now=now)
+        for held in list(self.store.iter_values()):
+            if held.role != "own" and not held.pinned:
+                continue
             value = held.value
-            if held.kind == RECORD and held.expires is not None and held.expires - now < 2 * self.config.republish_interval:
+            if held.kind == RECORD and held.expires is not None and held.expires - now < renew_before:
                 value = self._renewed(held) or value
-            await self._replicate(held.key, value)
+            await self._replicate(held.key, value, near=self._placement(held))
             self.store.mark_republished([held.key], now=now)
         self.store.meta_set("last_republish", str(now))
+
+    def _renewed_entry(self, held: StoredEntry) -> bytes | None:
+        """Our own entry close to expiry, re-signed with a higher sequence number."""
+        checked = check_value(held.key, held.value)
+        if not isinstance(checked, Entry) or checked.record.author != self.identity.public.signing_public:
+            return None
+        old = checked.record
+        new = create_record(
+            self.identity, old.kind, old.name, next_seq(old.seq), old.payload, int(self.config.record_ttl)
+        )
+        self.keep_entry(Entry(held.key, new.encode(), new), role="own", pinned=True)
+        return new.encode()
 
     def _renewed(self, held: StoredValue) -> bytes | None:
         """Our own record close to expiry, re-signed with the next sequence number."""
@@ -333,8 +509,11 @@ class AetherNode(Server):
 
     async def replicate_held(self) -> None:
         now = time.time()
+        for entry in self.store.entries_due(self.config.replicate_interval, now=now, role="replica"):
+            await self._replicate(entry.key, entry.value)
+            self.store.mark_entries_republished([entry.ident], now=now)
         for held in self.store.due_for_republish(self.config.replicate_interval, now=now, role="replica"):
-            await self._replicate(held.key, held.value)
+            await self._replicate(held.key, held.value, near=self._placement(held))
             self.store.mark_republished([held.key], now=now)
 
     async def drop_expired(self) -> None:

@@ -43,18 +43,18 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack(data: bytes) -> Any:
-    """Decode one msgpack value with every length bounded by the datagram size."""
+def unpack(data: bytes, *, limit: int = MAX_DATAGRAM) -> Any:
+    """Decode one msgpack value with every length bounded by ``limit`` (the datagram size)."""
     try:
         return msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_str_len=MAX_DATAGRAM,
-            max_bin_len=MAX_DATAGRAM,
-            max_array_len=MAX_DATAGRAM,
-            max_map_len=MAX_DATAGRAM // 2,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=limit,
+            max_map_len=limit // 2,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several unrelated types

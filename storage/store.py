@@ -44,6 +44,7 @@ __all__ = [
     "PutResult",
     "Store",
     "StoreError",
+    "StoredEntry",
     "StoredValue",
 ]
 
@@ -71,7 +72,7 @@ ACCESS_GRANULARITY = 60.0
 """Seconds within which repeated reads of a value update its last access time once."""
 
 #: The schema version this program writes; see MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Truncate the WAL file back to this size after a checkpoint, so a burst of writes
 #: does not leave a large file behind (1,000 nodes share one disk in simulations).
@@ -142,9 +143,56 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """v3: entries (many authors' records under one shared key) and block links.
+
+    An entry is identified by (key, author, name); the same key holds entries of
+    many authors, each with its own sequence number. ``links`` ties a block to the
+    pattern key whose manifest lists it, so a block is kept and re-replicated
+    near its pattern rather than near its own hash.
+    """
+    conn.execute(
+        """CREATE TABLE entries (
+            key            BLOB NOT NULL CHECK (length(key) = 20),
+            author         BLOB NOT NULL,
+            name           BLOB NOT NULL,
+            value          BLOB NOT NULL,
+            size           INTEGER NOT NULL CHECK (size >= 0),
+            seq            INTEGER NOT NULL,
+            expires        REAL NOT NULL,
+            stored_at      REAL NOT NULL,
+            republished_at REAL NOT NULL,
+            role           TEXT NOT NULL CHECK (role IN ('own', 'replica', 'cache')),
+            pinned         INTEGER NOT NULL DEFAULT 0 CHECK (pinned IN (0, 1)),
+            last_access    REAL,
+            PRIMARY KEY (key, author, name)
+        )"""
+    )
+    conn.execute("CREATE INDEX entries_newest ON entries(key, expires)")
+    conn.execute("CREATE INDEX entries_expires ON entries(expires)")
+    conn.execute("CREATE INDEX entries_republished ON entries(republished_at)")
+    add = "UPDATE meta SET value = CAST(value AS INTEGER) + NEW.size WHERE name = 'used_bytes.' || NEW.role;"
+    sub = "UPDATE meta SET value = CAST(value AS INTEGER) - OLD.size WHERE name = 'used_bytes.' || OLD.role;"
+    conn.execute(f"CREATE TRIGGER entries_acct_insert AFTER INSERT ON entries BEGIN {add} END")
+    conn.execute(f"CREATE TRIGGER entries_acct_delete AFTER DELETE ON entries BEGIN {sub} END")
+    conn.execute(
+        "CREATE TRIGGER entries_acct_update AFTER UPDATE OF size, role ON entries "
+        "WHEN OLD.size IS NOT NEW.size OR OLD.role IS NOT NEW.role "
+        f"BEGIN {sub} {add} END"
+    )
+    conn.execute(
+        """CREATE TABLE links (
+            block BLOB NOT NULL CHECK (length(block) = 20),
+            grp   BLOB NOT NULL CHECK (length(grp) = 20),
+            PRIMARY KEY (block, grp)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute("CREATE INDEX links_grp ON links(grp)")
+
+
 #: MIGRATIONS[i] takes a database from version i + 1 to version i + 2. All pending
 #: migrations run in one transaction at open: a crash leaves the old version intact.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1_to_2,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1_to_2, _migrate_2_to_3)
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -159,6 +207,7 @@ class PutResult(enum.Enum):
     UNCHANGED = "unchanged"  # the same bytes were already held (role/pin/expiry may merge)
     REFUSED_OLDER = "refused_older"  # a record with a lower seq than the held one
     REFUSED_CONFLICT = "refused_conflict"  # same seq (or a block) with different bytes
+    REFUSED_FULL = "refused_full"  # a shared key holds its limit of newer entries
 
 
 @dataclass(frozen=True)
@@ -182,7 +231,42 @@ class StoredValue:
         return len(self.key) + len(self.value) + ROW_OVERHEAD
 
 
+@dataclass(frozen=True)
+class StoredEntry:
+    """One author's record held under a shared key, with its bookkeeping."""
+
+    key: bytes
+    author: bytes
+    name: bytes
+    value: bytes
+    seq: int
+    expires: float
+    stored_at: float
+    republished_at: float
+    role: str
+    pinned: bool
+    last_access: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.author) + len(self.name) + len(self.value) + ROW_OVERHEAD
+
+    @property
+    def ident(self) -> tuple[bytes, bytes, bytes]:
+        """What names the entry: the shared key, the author and the record name."""
+        return (self.key, self.author, self.name)
+
+
 _COLS = "key, kind, value, seq, expires, stored_at, republished_at, role, pinned, last_access"
+_ENTRY_COLS = "key, author, name, value, seq, expires, stored_at, republished_at, role, pinned, last_access"
+
+
+def _row_to_entry(row: tuple) -> StoredEntry:
+    key, author, name, value, seq, expires, stored_at, republished_at, role, pinned, last_access = row
+    return StoredEntry(
+        bytes(key), bytes(author), bytes(name), bytes(value), seq, expires, stored_at,
+        republished_at, role, bool(pinned), last_access,
+    )
 
 
 def _row_to_value(row: tuple) -> StoredValue:
@@ -515,14 +599,36 @@ class Store:
             return c.execute("DELETE FROM values_ WHERE key = ?", (key,)).rowcount > 0
 
     def drop_expired(self, now: float | None = None) -> int:
-        """Delete every value whose expiry is at or before ``now``; return how many.
+        """Delete every value and entry whose expiry is at or before ``now``; return how many.
 
         Pins do not protect against expiry: an expired record is invalid anyway, and
-        pinned data that should last forever is stored with ``expires=None``.
+        pinned data that should last forever is stored with ``expires=None``. Links
+        of blocks to a pattern key that holds no entry any more go too.
         """
         now = time.time() if now is None else _check_time(now, "now")
         with self._tx() as c:
-            return c.execute("DELETE FROM values_ WHERE expires <= ?", (now,)).rowcount
+            dropped = c.execute("DELETE FROM values_ WHERE expires <= ?", (now,)).rowcount
+            dropped += c.execute("DELETE FROM entries WHERE expires <= ?", (now,)).rowcount
+            c.execute("DELETE FROM links WHERE grp NOT IN (SELECT key FROM entries)")
+            return dropped
+
+    def set_pinned(self, key: bytes, pinned: bool, *, expires: float | None = None, role: str | None = None) -> bool:
+        """Pin or unpin a held value, setting its expiry (None: never) and, if given, its role.
+
+        Unlike ``put``, this may weaken a role: unpinning what we published makes it
+        an ordinary copy that expires. True if the key is held.
+        """
+        _check_key(key)
+        expires = _check_time(expires, "expires")
+        with self._tx() as c:
+            row = c.execute("SELECT role FROM values_ WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return False
+            c.execute(
+                "UPDATE values_ SET pinned = ?, expires = ?, role = ? WHERE key = ?",
+                (1 if pinned else 0, expires, row[0] if role is None else _check_role(role), key),
+            )
+            return True
 
     def iter_values(self, *, role: str | None = None, batch: int = 256) -> Iterator[StoredValue]:
         """Stream values in key order, ``batch`` rows per query.
@@ -610,6 +716,184 @@ class Store:
                 "UPDATE values_ SET republished_at = ? WHERE key = ?", [(now, k) for k in keys]
             )
             return max(cur.rowcount, 0)
+
+    # -- entries: many authors under one shared key ------------------------------------------
+
+    def put_entry(
+        self,
+        key: bytes,
+        author: bytes,
+        name: bytes,
+        value: bytes,
+        *,
+        seq: int,
+        expires: float,
+        role: str,
+        pinned: bool = False,
+        limit: int = 64,
+        now: float | None = None,
+    ) -> PutResult:
+        """Store one author's record under a shared key, with the seq rules of ``put``.
+
+        Each (author, name) is ordered by its own seq. A key holds at most ``limit``
+        entries: when it is full, the entry that expires first and is not pinned
+        makes room for a newer one; an entry that would expire before all of them
+        is REFUSED_FULL. Newest means latest expiry, since authors re-sign their
+        entries as they republish them.
+        """
+        _check_key(key)
+        _check_role(role)
+        for label, field_ in (("author", author), ("name", name), ("value", value)):
+            if not isinstance(field_, bytes):
+                raise ValueError(f"{label} must be bytes, got {type(field_).__name__}")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"an entry needs a seq (int >= 0), got {seq!r}")
+        expires = _check_time(expires, "expires")
+        if expires is None:
+            raise ValueError("an entry needs an expiry")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        now = time.time() if now is None else _check_time(now, "now")
+        size = len(key) + len(author) + len(name) + len(value) + ROW_OVERHEAD
+        pin = 1 if pinned else 0
+        ident = (key, author, name)
+        with self._tx() as c:
+            held = c.execute(
+                "SELECT value, seq, expires, role, pinned FROM entries WHERE key = ? AND author = ? AND name = ?",
+                ident,
+            ).fetchone()
+            if held is not None:
+                h_value, h_seq, h_expires, h_role, h_pinned = held
+                new_role = role if _ROLE_RANK[role] > _ROLE_RANK[h_role] else h_role
+                new_pin = 1 if (h_pinned or pinned) else 0
+                if seq < h_seq:
+                    return PutResult.REFUSED_OLDER
+                if seq > h_seq:
+                    c.execute(
+                        "UPDATE entries SET value = ?, seq = ?, size = ?, expires = ?, stored_at = ?, "
+                        "role = ?, pinned = ? WHERE key = ? AND author = ? AND name = ?",
+                        (value, seq, size, expires, now, new_role, new_pin, *ident),
+                    )
+                    return PutResult.STORED
+                if bytes(h_value) != value:
+                    return PutResult.REFUSED_CONFLICT
+                if (new_role, new_pin) != (h_role, h_pinned):
+                    c.execute(
+                        "UPDATE entries SET role = ?, pinned = ? WHERE key = ? AND author = ? AND name = ?",
+                        (new_role, new_pin, *ident),
+                    )
+                return PutResult.UNCHANGED
+            count = c.execute("SELECT COUNT(*) FROM entries WHERE key = ? AND expires > ?", (key, now)).fetchone()[0]
+            if count >= limit:
+                oldest = c.execute(
+                    "SELECT author, name, expires FROM entries WHERE key = ? AND pinned = 0 "
+                    "ORDER BY expires, seq, author, name LIMIT 1",
+                    (key,),
+                ).fetchone()
+                if oldest is None or oldest[2] >= expires:
+                    return PutResult.REFUSED_FULL
+                c.execute("DELETE FROM entries WHERE key = ? AND author = ? AND name = ?", (key, oldest[0], oldest[1]))
+            c.execute(
+                f"INSERT INTO entries ({_ENTRY_COLS}, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*ident, value, seq, expires, now, now, role, pin, now, size),
+            )
+            return PutResult.STORED
+
+    def entries(
+        self, key: bytes, *, offset: int = 0, limit: int | None = None, now: float | None = None
+    ) -> list[StoredEntry]:
+        """Unexpired entries under ``key``, newest first (latest expiry, then author and name)."""
+        _check_key(key)
+        t = time.time() if now is None else _check_time(now, "now")
+        with self._read() as c:
+            rows = c.execute(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE key = ? AND expires > ? "
+                "ORDER BY expires DESC, author, name LIMIT ? OFFSET ?",
+                (key, t, -1 if limit is None else int(limit), int(offset)),
+            ).fetchall()
+        return [_row_to_entry(r) for r in rows]
+
+    def entry(self, key: bytes, author: bytes, name: bytes) -> StoredEntry | None:
+        """One author's entry under ``key`` (expired or not), or None."""
+        _check_key(key)
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE key = ? AND author = ? AND name = ?", (key, author, name)
+            ).fetchone()
+        return None if row is None else _row_to_entry(row)
+
+    def has_entries(self, key: bytes) -> bool:
+        _check_key(key)
+        with self._read() as c:
+            return c.execute("SELECT 1 FROM entries WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
+    def delete_entry(self, key: bytes, author: bytes, name: bytes) -> bool:
+        _check_key(key)
+        with self._tx() as c:
+            return c.execute(
+                "DELETE FROM entries WHERE key = ? AND author = ? AND name = ?", (key, author, name)
+            ).rowcount > 0
+
+    def set_entry_pinned(self, key: bytes, author: bytes, name: bytes, pinned: bool) -> bool:
+        _check_key(key)
+        with self._tx() as c:
+            return c.execute(
+                "UPDATE entries SET pinned = ? WHERE key = ? AND author = ? AND name = ?",
+                (1 if pinned else 0, key, author, name),
+            ).rowcount > 0
+
+    def iter_entries(self, *, role: str | None = None, kind_prefix: bytes | None = None) -> list[StoredEntry]:
+        """Every held entry (of one role), in key order; ``kind_prefix`` narrows to names starting with it."""
+        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE 1"
+        params: list = []
+        if role is not None:
+            sql += " AND role = ?"
+            params.append(_check_role(role))
+        if kind_prefix is not None:
+            sql += " AND substr(name, 1, ?) = ?"
+            params += [len(kind_prefix), kind_prefix]
+        with self._read() as c:
+            return [_row_to_entry(r) for r in c.execute(sql + " ORDER BY key, author, name", params)]
+
+    def entries_due(
+        self, older_than: float, now: float | None = None, role: str | None = None, *, limit: int | None = None
+    ) -> list[StoredEntry]:
+        """Unexpired entries last republished at least ``older_than`` seconds ago, most overdue first."""
+        older_than = _check_time(older_than, "older_than")
+        now = time.time() if now is None else _check_time(now, "now")
+        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE republished_at <= ? AND expires > ?"
+        params: list = [now - older_than, now]
+        if role is not None:
+            sql += " AND role = ?"
+            params.append(_check_role(role))
+        sql += " ORDER BY republished_at, key LIMIT ?"
+        params.append(-1 if limit is None else int(limit))
+        with self._read() as c:
+            return [_row_to_entry(r) for r in c.execute(sql, params)]
+
+    def mark_entries_republished(self, idents: Sequence[tuple[bytes, bytes, bytes]], now: float | None = None) -> None:
+        now = time.time() if now is None else _check_time(now, "now")
+        with self._tx() as c:
+            c.executemany(
+                "UPDATE entries SET republished_at = ? WHERE key = ? AND author = ? AND name = ?",
+                [(now, *ident) for ident in idents],
+            )
+
+    # -- links: which pattern key a block belongs to ------------------------------------------
+
+    def link(self, group: bytes, blocks: Sequence[bytes]) -> None:
+        """Record that ``blocks`` belong to the pattern stored under ``group``."""
+        _check_key(group, "group")
+        rows = [(_check_key(b, "block"), group) for b in blocks]
+        with self._tx() as c:
+            c.executemany("INSERT OR IGNORE INTO links (block, grp) VALUES (?, ?)", rows)
+
+    def group_of(self, block: bytes) -> bytes | None:
+        """The pattern key a block is kept near, or None for a block no held manifest lists."""
+        _check_key(block, "block")
+        with self._read() as c:
+            row = c.execute("SELECT grp FROM links WHERE block = ? LIMIT 1", (block,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- accounting ----------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ def test_migration_from_v1(tmp_path: Path) -> None:
     c.close()
 
     with Store(p) as s:
-        assert s.meta_get("schema_version") == "2"
+        assert s.meta_get("schema_version") == str(SCHEMA_VERSION)
         a = s.get(k(1), touch=False)
         assert a is not None and a.value == b"block-one" and a.pinned and a.role == "own"
         assert a.last_access == 100.0  # migrated from stored_at
