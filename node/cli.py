@@ -10,12 +10,15 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from aether.crypto.identity import IdentityError, PublicIdentity
+from aether.node.control import ControlError
 from aether.node.daemon import DaemonError
 from aether.node.home import Home, HomeError, parse_address, resolve_home
 
@@ -108,10 +111,210 @@ def simulate(obj: Context, nodes: int, seed: int) -> None:
     obj.emit(report, render(report))
 
 
+# ---------------------------------------------------------------- patterns
+TIMEOUT = click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+                       help="Give up after this many seconds.")
+AUTHOR = click.option("--author", metavar="ID", help="Choose among authors: identity string, node ID, or 8+ hex of it.")
+
+
+def _run(obj: Context, op: str, args: dict[str, Any], *, network: bool, timeout: float = 60.0) -> Any:
+    """One operation through the daemon or a temporary node, with errors as clean messages."""
+    return _guard(lambda: asyncio.run(_one(obj, op, args, network=network, timeout=timeout)))
+
+
+async def _one(obj: Context, op: str, args: dict[str, Any], *, network: bool, timeout: float) -> Any:
+    from aether.node.session import open_session
+
+    async with open_session(obj.home, network=network, timeout=timeout) as call:
+        return await call(op, args)
+
+
+def _pattern_files(paths: tuple[str, ...]) -> list[Path]:
+    """Files as given, and the ``.md`` files under each folder, in a stable order."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*.md") if p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="FILE|DIR...")
+@TIMEOUT
+@click.pass_obj
+def publish(obj: Context, paths: tuple[str, ...], timeout: float) -> None:
+    """Publish pattern files (and the .md files in folders), signed by this node.
+
+    Prints "<hash> <pattern-id> <path>" for each one published; an invalid file
+    prints its error and the others still go out. Publishing the same bytes
+    again changes nothing.
+    """
+    from aether.node.pattern import PatternError, load_pattern
+    from aether.node.session import open_session
+
+    files = _pattern_files(paths)
+    if not files:
+        raise click.ClickException("no pattern files (*.md) found in " + ", ".join(paths))
+    limit = _guard(obj.home.settings).node.max_pattern_bytes
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    show_bar = len(files) > 1 and not obj.as_json and sys.stderr.isatty()
+
+    async def go() -> None:
+        async with open_session(obj.home, network=True, timeout=timeout) as call:
+            with click.progressbar(length=len(files), label="publishing", file=sys.stderr) if show_bar else _Null() as bar:
+                for path in files:
+                    try:
+                        pattern = load_pattern(path, max_bytes=limit)
+                        result = await call("publish", {"data": pattern.data, "source": str(path)})
+                    except (PatternError, ControlError) as exc:
+                        errors.append({"path": str(path), "error": str(exc)})
+                        click.echo(f"error: {exc}", err=True)
+                    else:
+                        results.append(result)
+                        if not obj.as_json:
+                            click.echo(f"{result['hash']} {result['id']} {path}")
+                    bar.update(1)
+
+    _guard(lambda: asyncio.run(go()))
+    if obj.as_json:
+        click.echo(json.dumps({"published": results, "errors": errors}, sort_keys=True))
+    if errors:
+        sys.exit(1)
+
+
+class _Null:
+    """Stands in for a progress bar when output is piped."""
+
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+@cli.command()
+@click.argument("ref", metavar="HASH|PATTERN-ID")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to this file (atomically).")
+@AUTHOR
+@TIMEOUT
+@click.pass_obj
+def fetch(obj: Context, ref: str, output: str | None, author: str | None, timeout: float) -> None:
+    """Fetch a pattern's exact bytes by hash or pattern ID (to stdout, or -o FILE)."""
+    result = _run(obj, "fetch", {"ref": ref, "author": author}, network=True, timeout=timeout)
+    data: bytes = result.pop("data")
+    about = (f"{result['id']} {result['hash']} by {', '.join(a[:16] for a in result['authors']) or 'no publisher'}"
+             f" (signature {result['signature']})")
+    if output is not None:
+        _write_atomically(Path(output), data)
+        result["path"] = output
+        obj.emit(result, f"wrote {len(data)} bytes to {output}: {about}")
+        return
+    if obj.as_json:
+        result["text"] = data.decode("utf-8")
+        obj.emit(result, "")
+        return
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    click.echo(about, err=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write beside the target and rename over it, so a failure never leaves half a file."""
+    import os
+    import tempfile
+
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write in {directory}: {exc.strerror}") from None
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        Path(temp).unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+
+
+@cli.command()
+@click.argument("terms", nargs=-1, required=True)
+@TIMEOUT
+@click.pass_obj
+def search(obj: Context, terms: tuple[str, ...], timeout: float) -> None:
+    """Find patterns by ID, word of the title, type:T, category:C or status:S (all terms must match)."""
+    result = _run(obj, "search", {"terms": list(terms)}, network=True, timeout=timeout)
+    rows = result["results"]
+    lines = [f"{r['id']}  {r['title']}\n    author {r['author'][:16]}  hash {r['hash'][:16]}  {r['date']}" for r in rows]
+    obj.emit(result, "\n".join(lines) if lines else "no pattern found")
+
+
+@cli.command()
+@click.argument("pattern_id", metavar="PATTERN-ID")
+@AUTHOR
+@TIMEOUT
+@click.pass_obj
+def history(obj: Context, pattern_id: str, author: str | None, timeout: float) -> None:
+    """List the versions of a pattern ID, newest first, per author."""
+    result = _run(obj, "history", {"id": pattern_id, "author": author}, network=True, timeout=timeout)
+    lines = []
+    for entry in result["authors"]:
+        lines.append(f"{entry['id']} by {entry['author']}")
+        lines.extend(f"  {v['hash']}  {v['date']}" for v in entry["versions"])
+    obj.emit(result, "\n".join(lines))
+
+
+@cli.command("ls")
+@click.pass_obj
+def ls_(obj: Context) -> None:
+    """List the patterns held on this node: published or pinned here, replicas, cached copies."""
+    result = _run(obj, "ls", {}, network=False)
+    lines = [
+        f"{p['hash'][:16]}  {p['id']:<20} {p['role'] + (' pinned' if p['pinned'] else ''):<14} {p['title']}"
+        + ("" if p["complete"] else "  (incomplete)")
+        for p in result["patterns"]
+    ]
+    obj.emit(result, "\n".join(lines) if lines else "no pattern held")
+
+
+@cli.command()
+@click.argument("ref", metavar="HASH|PATTERN-ID")
+@AUTHOR
+@TIMEOUT
+@click.pass_obj
+def pin(obj: Context, ref: str, author: str | None, timeout: float) -> None:
+    """Keep a pattern on this node for good and keep announcing it."""
+    result = _run(obj, "pin", {"ref": ref, "author": author}, network=True, timeout=timeout)
+    obj.emit(result, f"pinned {result['hash']} {result['id']}")
+
+
+@cli.command()
+@click.argument("ref", metavar="HASH|PATTERN-ID")
+@AUTHOR
+@TIMEOUT
+@click.pass_obj
+def unpin(obj: Context, ref: str, author: str | None, timeout: float) -> None:
+    """Stop keeping a pattern here; copies elsewhere expire on their own."""
+    network = re.fullmatch(r"[0-9a-f]{64}", ref) is None  # an ID is resolved on the network
+    result = _run(obj, "unpin", {"ref": ref, "author": author}, network=network, timeout=timeout)
+    obj.emit(result, f"unpinned {result['hash']}")
+
+
 def _guard(action: Any) -> Any:
     try:
         return action()
     except (HomeError, DaemonError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except ControlError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None

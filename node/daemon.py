@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
 
+from aether.node import api
+from aether.node.control import ControlError, ControlServer
 from aether.node.home import DaemonSettings, Home, HomeError
+from aether.node.patterns import PatternLibrary
 from aether.node.server import AetherNode
 from aether.storage.store import StoreError
 
@@ -31,15 +37,15 @@ class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def _lock(home: Home) -> IO:
-    """Hold an exclusive lock on the home for the daemon's lifetime."""
+def lock_home(home: Home, busy: str | None = None) -> IO:
+    """Hold an exclusive lock on the home while a node runs on it (a daemon, or a one-shot command)."""
     path = home.path / LOCK_NAME
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise DaemonError(f"another daemon is already running on {home.path}") from None
+        raise DaemonError(busy or f"another daemon is already running on {home.path}") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -47,35 +53,53 @@ def _lock(home: Home) -> IO:
     return handle
 
 
+@asynccontextmanager
+async def running_node(home: Home, settings: DaemonSettings, listen: tuple[str, int]) -> AsyncIterator[AetherNode]:
+    """The home's node, listening; on exit its contacts are saved and its database closed.
+
+    The caller holds the home's lock (:func:`lock_home`).
+    """
+    try:
+        store = home.open_store()
+    except StoreError as exc:
+        raise DaemonError(str(exc)) from None
+    node = AetherNode(home.identity(), store, settings.node)
+    try:
+        host, port = listen
+        try:
+            await node.listen(port, host)
+        except OSError as exc:
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        yield node
+    finally:
+        node.stop()
+        store.close()
+
+
 async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -> None:
-    identity = home.identity()
-    lock = _lock(home)
+    home.identity()  # a missing or unreadable identity is reported before anything else
+    lock = lock_home(home)
     # Handle signals before the ready line: a supervisor may signal as soon as it reads it.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        try:
-            store = home.open_store()
-        except StoreError as exc:
-            raise DaemonError(str(exc)) from None
-        node = AetherNode(identity, store, settings.node)
-        try:
-            host, port = settings.listen
+        async with running_node(home, settings, settings.listen) as node:
+            control = ControlServer(home.path, functools.partial(api.handle, PatternLibrary(node)))
             try:
-                await node.listen(port, host)
-            except OSError as exc:
-                raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-            bound_host, bound_port = node.address
-            print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
-            joiner = asyncio.ensure_future(_keep_joined(node, settings, stop))
-            await stop.wait()
-            joiner.cancel()
-            log.info("stopping")
-        finally:
-            node.stop()
-            store.close()
+                await control.start()
+            except ControlError as exc:
+                raise DaemonError(f"cannot serve the control socket in {home.path}: {exc}") from None
+            try:
+                bound_host, bound_port = node.address
+                print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
+                joiner = asyncio.ensure_future(_keep_joined(node, settings, stop))
+                await stop.wait()
+                joiner.cancel()
+                log.info("stopping")
+            finally:
+                await control.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -1,0 +1,507 @@
+"""Patterns on the network: publish, fetch, search, history, pins.
+
+A pattern travels as content blocks plus a signed manifest, both placed on the
+k nodes closest to the pattern's key (derived from its hash), so that a fetch
+is one lookup for that key followed by block reads from the nodes that
+answered, in parallel, with no lookup per block. Each author's newest version
+of a pattern ID is a signed head under the ID's shared key, and the words a
+pattern can be found by are signed index entries under shared term keys (see
+:mod:`aether.node.entries`).
+
+Every block is checked against its key and the whole file against its hash
+before anything is returned: a holder that alters a byte is caught, left out,
+and the block is read from another holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field, replace
+
+from kademlia.node import Node
+
+from aether.crypto.identity import IdentityError, PublicIdentity, node_id_for
+from aether.crypto.records import SignedRecord, create_record
+from aether.node import entries as E
+from aether.node.chunks import Manifest, ManifestError, assemble, split
+from aether.node.pattern import PATTERN_ID, Pattern, parse_pattern
+from aether.node.server import AetherNode, next_seq
+from aether.node.values import Entry, ValueRejected, check_value
+from aether.storage.store import BLOCK, StoredEntry
+
+HASH = re.compile(r"[0-9a-f]{64}")
+MAX_PARALLEL_STORES = 64
+"""STOREs in flight while placing a pattern: a 1 MiB pattern is 171 blocks × k nodes."""
+MAX_PARALLEL_PULLS = 16
+
+
+class PatternNotFound(LookupError):
+    """Nobody reachable holds what was asked for."""
+
+
+class AmbiguousPattern(LookupError):
+    """Several authors publish the pattern ID; the caller must choose one."""
+
+
+@dataclass(frozen=True)
+class Authored:
+    """A summary with the key that signed it."""
+
+    summary: E.Summary
+    author: bytes
+    """The signer's Ed25519 public key."""
+
+    @property
+    def author_id(self) -> str:
+        return node_id_for(self.author).hex()
+
+
+@dataclass
+class Published:
+    pattern: Pattern
+    unchanged: bool
+    replicas: int = 0
+    """Nodes that acknowledged the manifest (besides this one)."""
+    index_terms: int = 0
+
+
+@dataclass
+class Fetched:
+    data: bytes
+    hash: str
+    summary: E.Summary
+    authors: list[str]
+    """Node IDs (hex) of the publishers whose signed manifests name these bytes."""
+    mirrors: list[str] = field(default_factory=list)
+    """Node IDs of nodes that signed a kept copy (a pin) of them."""
+    signature_ok: bool = True
+    local: bool = False
+    tampered: int = 0
+    """Holders caught returning altered blocks, and left out."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A pattern held on this node, for ``ls``."""
+
+    summary: E.Summary
+    role: str
+    pinned: bool
+    complete: bool
+
+
+def is_hash(ref: str) -> bool:
+    return HASH.fullmatch(ref) is not None
+
+
+def author_matches(author: bytes, wanted: str) -> bool:
+    """``--author`` takes an identity string, a node ID, or a prefix of at least 8 hex digits of one."""
+    wanted = wanted.strip()
+    if wanted.startswith("aether1"):
+        try:
+            return PublicIdentity.from_string(wanted).signing_public == author
+        except IdentityError:
+            return False
+    return len(wanted) >= 8 and node_id_for(author).hex().startswith(wanted.lower())
+
+
+class PatternLibrary:
+    """The pattern operations of one node, shared by the daemon and the one-shot CLI."""
+
+    def __init__(self, node: AetherNode):
+        self.node = node
+        self.store = node.store
+        self.max_pattern_bytes = node.config.max_pattern_bytes
+        self._stores = asyncio.Semaphore(MAX_PARALLEL_STORES)
+
+    @property
+    def me(self) -> bytes:
+        return self.node.identity.public.signing_public
+
+    # ------------------------------------------------------------------ publish
+    async def publish(self, data: bytes, source: str = "<pattern>") -> Published:
+        """Validate, sign and place a pattern; the same bytes published again change nothing."""
+        pattern = parse_pattern(data, source=source, max_bytes=self.max_pattern_bytes)
+        key = E.pattern_key(pattern.hash)
+        head_key = E.id_key(pattern.id)
+        head = self.store.entry(head_key, self.me, E.head_name(pattern.id))
+        if head is not None and self.store.entry(key, self.me, E.manifest_name(pattern.hash)) is not None:
+            if E.decode_summary(_record(head).payload).hash == pattern.hash:
+                return Published(pattern, unchanged=True)
+
+        manifest, blocks = split(data)
+        now = int(time.time())
+        summary = E.Summary.of(pattern, now)
+        placement = None
+        previous = _record(head) if head is not None else None
+        if previous is None:
+            # First publication from this node's store: an earlier one may still be on the network.
+            found = await self.node.get_entries(head_key)
+            placement = found.closest
+            previous = next((e.record for e in found.entries if e.record.author == self.me
+                             and e.record.kind == E.HEAD_KIND), None)
+        history: tuple[tuple[str, int], ...] = ()
+        if previous is not None:
+            try:
+                last = E.summary_of(previous)
+            except E.EntryError:
+                last = None
+            if last is not None and last.hash != pattern.hash:
+                history = ((last.hash, last.time), *last.history)[: E.MAX_HISTORY]
+            elif last is not None:
+                history = last.history
+
+        ttl = int(self.node.config.record_ttl)
+        seq = next_seq(previous.seq if previous is not None else 0)
+        manifest_record = self._manifest_record(manifest, summary, mirror=False, ttl=ttl)
+        head_record = create_record(
+            self.node.identity, E.HEAD_KIND, E.head_name(pattern.id), seq,
+            E.encode_summary(replace(summary, history=history)), ttl,
+        )
+        terms = E.index_terms(pattern)
+        index_records = [
+            create_record(self.node.identity, E.INDEX_KIND, E.index_name(term, pattern.id),
+                          next_seq(self._held_seq(E.term_key(term), E.index_name(term, pattern.id))),
+                          E.encode_summary(summary), ttl)
+            for term in terms
+        ]
+        # Held here first, pinned: the pattern is safe on this node before the network sees it.
+        for block_key, block in zip(manifest.blocks, blocks):
+            self.store.put(block_key, block, kind=BLOCK, role="own", pinned=True)
+        placed, *_ = await asyncio.gather(
+            self._place(manifest_record, manifest, blocks),
+            self.node.put_entry(head_record, closest=placement),
+            *(self.node.put_entry(r) for r in index_records),
+        )
+        return Published(pattern, unchanged=False, replicas=placed, index_terms=len(terms))
+
+    def _held_seq(self, key: bytes, name: bytes) -> int:
+        held = self.store.entry(key, self.me, name)
+        return held.seq if held is not None else 0
+
+    def _manifest_record(self, manifest: Manifest, summary: E.Summary, *, mirror: bool, ttl: int) -> SignedRecord:
+        name = E.manifest_name(summary.hash)
+        payload = E.ManifestEntry(manifest, replace(summary, history=()), mirror).encode()
+        return create_record(self.node.identity, E.MANIFEST_KIND, name,
+                             next_seq(self._held_seq(E.pattern_key(summary.hash), name)), payload, ttl)
+
+    async def _place(self, record: SignedRecord, manifest: Manifest, blocks: list[bytes]) -> int:
+        """Manifest and blocks on the k nodes closest to the pattern's key: one lookup for all of them."""
+        key = record.topic_key
+        assert key is not None
+        checked = check_value(key, record.encode())
+        assert isinstance(checked, Entry)
+        self.node.keep_entry(checked, role="own", pinned=True)
+        closest = (await self.node.lookup(key)).closest
+        report = await self.node.store_on(closest, key, checked.data)
+
+        async def put(node: Node, block_key: bytes, block: bytes) -> None:
+            async with self._stores:
+                await self.node.protocol.call_store(node, block_key, block)
+
+        await asyncio.gather(*(put(n, k, b) for n in report.accepted for k, b in zip(manifest.blocks, blocks)))
+        return report.stored
+
+    # ------------------------------------------------------------------ fetch
+    async def resolve(self, ref: str, author: str | None = None) -> Authored:
+        """The newest version of a pattern ID (by one author), or the summary of a hash."""
+        if is_hash(ref):
+            found = await self._manifests(ref)
+            if not found:
+                raise PatternNotFound(f"no reachable node holds pattern {ref}")
+            return found[0]
+        if PATTERN_ID.fullmatch(ref) is None:
+            raise ValueError(f"{ref!r} is neither a 64-hex pattern hash nor a pattern ID like Pattern-DHT-001")
+        heads = await self.heads(ref)
+        if author is not None:
+            heads = [h for h in heads if author_matches(h.author, author)]
+            if not heads:
+                raise PatternNotFound(f"no version of {ref} by {author} was found")
+        if not heads:
+            raise PatternNotFound(f"no reachable node knows pattern {ref}")
+        authors = {h.author for h in heads}
+        if len(authors) > 1 and len({h.summary.hash for h in heads}) > 1:
+            mine = [h for h in heads if h.author == self.me]
+            if mine:
+                return mine[0]
+            listing = ", ".join(f"{h.author_id[:16]} ({h.summary.hash[:12]})" for h in heads)
+            raise AmbiguousPattern(f"{len(authors)} authors publish {ref}: {listing}; choose one with --author")
+        return heads[0]
+
+    async def heads(self, pattern_id: str) -> list[Authored]:
+        """Each author's newest head for a pattern ID, newest first."""
+        found = await self.node.get_entries(E.id_key(pattern_id))
+        heads = []
+        for entry in found.entries:
+            if entry.record.kind != E.HEAD_KIND:
+                continue
+            try:
+                summary = E.summary_of(entry.record)
+            except E.EntryError:
+                continue
+            if summary.id.lower() == pattern_id.lower():
+                heads.append(Authored(summary, entry.record.author))
+        heads.sort(key=lambda h: -h.summary.time)
+        return heads
+
+    async def fetch(self, ref: str, author: str | None = None) -> Fetched:
+        """The exact bytes of a pattern by hash or ID, every block and the whole checked."""
+        pattern_hash = ref if is_hash(ref) else (await self.resolve(ref, author)).summary.hash
+        local = self._local_copy(pattern_hash)
+        if local is not None:
+            return local
+        key = E.pattern_key(pattern_hash)
+        result = await self.node.get_entries(key, first=True)
+        manifests = _manifests_in(result.entries, pattern_hash)
+        if not manifests:
+            raise PatternNotFound(f"no reachable node holds pattern {pattern_hash}")
+        manifest = manifests[0][1].manifest
+        # The nodes that answered first, then the rest of the closest: blocks live next to the manifest.
+        holders = list(dict.fromkeys(result.holders + result.closest))
+        data, tampered = await self._pull(manifest, holders)
+        self.node.background(self._cache(key, manifests, manifest, data))
+        return _fetched(data, manifests, tampered=tampered)
+
+    def _local_copy(self, pattern_hash: str) -> Fetched | None:
+        key = E.pattern_key(pattern_hash)
+        manifests = _manifests_in(_held_entries(self.store.entries(key)), pattern_hash)
+        if not manifests:
+            return None
+        manifest = manifests[0][1].manifest
+        blocks = [self.store.read(k) for k in manifest.blocks]
+        if any(b is None for b in blocks):
+            return None
+        try:
+            data = assemble(manifest, blocks)  # type: ignore[arg-type]
+        except ManifestError:
+            return None
+        fetched = _fetched(data, manifests, tampered=0)
+        fetched.local = True
+        return fetched
+
+    async def _pull(self, manifest: Manifest, holders: list[Node]) -> tuple[bytes, int]:
+        """Every block from the holders, in parallel; a holder that lies is not asked again."""
+        liars: set[bytes] = set()
+        pulls = asyncio.Semaphore(MAX_PARALLEL_PULLS)
+
+        async def one(index: int, block_key: bytes) -> bytes:
+            held = self.store.read(block_key)
+            if held is not None:
+                return held
+            async with pulls:
+                honest = [n for n in holders if n.id not in liars]
+                # Spread the blocks over the holders rather than asking the first for all.
+                start = index % len(honest) if honest else 0
+                data, caught = await self.node.pull_block(block_key, honest[start:] + honest[:start])
+                liars.update(n.id for n in caught)
+                if data is None:
+                    data = await self.node.get_block(block_key)  # a lookup of its own: the last resort
+                if data is None:
+                    raise PatternNotFound(
+                        f"block {index + 1} of {len(manifest.blocks)} of pattern {manifest.pattern_hash.hex()} "
+                        "is held by no reachable node"
+                    )
+                return data
+
+        blocks = await asyncio.gather(*(one(i, k) for i, k in enumerate(manifest.blocks)))
+        return assemble(manifest, list(blocks)), len(liars)
+
+    async def _cache(self, key: bytes, manifests: list, manifest: Manifest, data: bytes) -> None:
+        """A fetched pattern is kept for a while and served to others, as Kademlia's caching asks."""
+        expires = time.time() + self.node.config.cache_ttl
+        for entry, _ in manifests:
+            self.node.keep_entry(entry, role="cache")
+        for block_key, block in zip(manifest.blocks, _split_blocks(data)):
+            self.store.put(block_key, block, kind=BLOCK, role="cache", expires=expires)
+
+    async def _manifests(self, pattern_hash: str) -> list[Authored]:
+        local = _manifests_in(_held_entries(self.store.entries(E.pattern_key(pattern_hash))), pattern_hash)
+        if not local:
+            found = await self.node.get_entries(E.pattern_key(pattern_hash), first=True)
+            local = _manifests_in(found.entries, pattern_hash)
+        return [Authored(m.summary, e.record.author) for e, m in local]
+
+    # ------------------------------------------------------------------ search and history
+    async def search(self, terms: list[str]) -> list[Authored]:
+        """Patterns matching every term, newest first: one shared-key lookup per distinct term."""
+        queries = [parse_query(t) for t in terms]
+        if not queries:
+            raise ValueError("give at least one search term")
+        keys = list(dict.fromkeys(q.key for q in queries))
+        found = await asyncio.gather(*(self.node.get_entries(k) for k in keys))
+        by_key: dict[bytes, dict[tuple[bytes, str], Authored]] = {}
+        for key, result in zip(keys, found):
+            hits: dict[tuple[bytes, str], Authored] = {}
+            for entry in result.entries:
+                if entry.record.kind not in (E.HEAD_KIND, E.INDEX_KIND):
+                    continue
+                try:
+                    summary = E.summary_of(entry.record)
+                except E.EntryError:
+                    continue
+                ident = (entry.record.author, summary.id.lower())
+                if ident not in hits or summary.time > hits[ident].summary.time:
+                    hits[ident] = Authored(replace(summary, history=()), entry.record.author)
+            by_key[key] = hits
+        common = set.intersection(*(set(h) for h in by_key.values()))
+        results = []
+        for ident in common:
+            newest = max((by_key[k][ident] for k in keys), key=lambda a: a.summary.time)
+            if all(q.matches(newest.summary) for q in queries):
+                results.append(newest)
+        results.sort(key=lambda a: (-a.summary.time, a.summary.id, a.author))
+        return results
+
+    async def history(self, pattern_id: str, author: str | None = None) -> list[tuple[Authored, list[tuple[str, int]]]]:
+        """For each author of a pattern ID: the newest version and the earlier ones, newest first."""
+        if PATTERN_ID.fullmatch(pattern_id) is None:
+            raise ValueError(f"{pattern_id!r} is not a pattern ID like Pattern-DHT-001")
+        heads = await self.heads(pattern_id)
+        if author is not None:
+            heads = [h for h in heads if author_matches(h.author, author)]
+        if not heads:
+            raise PatternNotFound(f"no reachable node knows pattern {pattern_id}")
+        return [(h, [(h.summary.hash, h.summary.time), *h.summary.history]) for h in heads]
+
+    # ------------------------------------------------------------------ local: ls, pin, unpin
+    def held(self) -> list[Held]:
+        """Patterns with a manifest on this node, one line per hash."""
+        by_hash: dict[str, Held] = {}
+        rank = {"cache": 0, "replica": 1, "own": 2}
+        for stored in self.store.iter_entries(kind_prefix=b"pattern:"):
+            try:
+                entry = _entry(stored)
+                parsed = E.manifest_of(entry.record)
+            except (ValueRejected, E.EntryError):
+                continue
+            complete = all(self.store.contains(k) for k in parsed.manifest.blocks)
+            role = stored.role
+            pinned = stored.pinned
+            previous = by_hash.get(parsed.summary.hash)
+            if previous is not None:
+                role = max(role, previous.role, key=rank.__getitem__)
+                pinned = pinned or previous.pinned
+            by_hash[parsed.summary.hash] = Held(parsed.summary, role, pinned, complete)
+        return sorted(by_hash.values(), key=lambda h: (h.summary.id, -h.summary.time))
+
+    async def pin(self, ref: str, author: str | None = None) -> Fetched:
+        """Keep a pattern here for good and keep it findable: a copy signed as a mirror by this node."""
+        fetched = await self.fetch(ref, author)
+        manifest, blocks = split(fetched.data)
+        for block_key, block in zip(manifest.blocks, blocks):
+            self.store.put(block_key, block, kind=BLOCK, role="cache")
+            self.store.set_pinned(block_key, True, expires=None)
+        key = E.pattern_key(fetched.hash)
+        if self.store.entry(key, self.me, E.manifest_name(fetched.hash)) is None:
+            record = self._manifest_record(manifest, fetched.summary, mirror=True, ttl=int(self.node.config.record_ttl))
+            await self._place(record, manifest, blocks)
+        else:
+            self.store.set_entry_pinned(key, self.me, E.manifest_name(fetched.hash), True)
+        return fetched
+
+    async def unpin(self, ref: str, author: str | None = None) -> str:
+        """Stop keeping and announcing a pattern here; copies on other nodes expire on their own."""
+        pattern_hash = ref if is_hash(ref) else (await self.resolve(ref, author)).summary.hash
+        key = E.pattern_key(pattern_hash)
+        manifests = _manifests_in(_held_entries(self.store.entries(key)), pattern_hash)
+        if not manifests:
+            raise PatternNotFound(f"pattern {pattern_hash} is not held on this node")
+        expires = time.time() + self.node.config.value_ttl
+        for block_key in manifests[0][1].manifest.blocks:
+            self.store.set_pinned(block_key, False, expires=expires, role="cache")
+        self.store.delete_entry(key, self.me, E.manifest_name(pattern_hash))
+        for stored in self.store.entries(key):
+            self.store.set_entry_pinned(key, stored.author, stored.name, False)
+        return pattern_hash
+
+
+# ---------------------------------------------------------------------- queries
+_FIELDS = ("id", "type", "category", "status")
+
+
+@dataclass(frozen=True)
+class Query:
+    field: str | None
+    value: str
+    key: bytes
+
+    def matches(self, summary: E.Summary) -> bool:
+        if self.field is None or self.field == "id":
+            return True
+        if self.field == "type":
+            return summary.type.lower() == self.value.lower()
+        if self.field == "status":
+            return summary.status.lower() == self.value.lower()
+        return all(w in E.words(summary.category) for w in E.words(self.value))
+
+
+def parse_query(term: str) -> Query:
+    """``kademlia``, ``Pattern-DHT-001``, ``type:DHT``, ``category:networking``, ``status:active``."""
+    term = term.strip()
+    field_name, sep, value = term.partition(":")
+    if sep and field_name.lower() in _FIELDS and value.strip():
+        field_name, value = field_name.lower(), value.strip()
+    else:
+        field_name, value = None, term
+    if (field_name in (None, "id")) and PATTERN_ID.fullmatch(value):
+        return Query("id", value, E.id_key(value))
+    if field_name == "id":
+        raise ValueError(f"{value!r} is not a pattern ID like Pattern-DHT-001")
+    words = E.words(value)
+    if not words:
+        raise ValueError(f"{term!r} has no searchable word (words of two or more letters, not 'the', 'and', ...)")
+    return Query(field_name, value, E.term_key(words[0]))
+
+
+# ---------------------------------------------------------------------- helpers
+def _record(stored: StoredEntry) -> SignedRecord:
+    return _entry(stored).record
+
+
+def _entry(stored: StoredEntry) -> Entry:
+    checked = check_value(stored.key, stored.value)
+    if not isinstance(checked, Entry):
+        raise ValueRejected("wrong-key", "not an entry")
+    return checked
+
+
+def _held_entries(stored: list[StoredEntry]) -> list[Entry]:
+    held = []
+    for item in stored:
+        try:
+            held.append(_entry(item))
+        except ValueRejected:
+            continue
+    return held
+
+
+def _manifests_in(entries: list[Entry], pattern_hash: str) -> list[tuple[Entry, E.ManifestEntry]]:
+    """The valid manifests for a hash among entries: publishers first, then mirrors, oldest first."""
+    found = []
+    for entry in entries:
+        if entry.record.kind != E.MANIFEST_KIND:
+            continue
+        try:
+            parsed = E.manifest_of(entry.record)
+        except E.EntryError:
+            continue
+        if parsed.summary.hash == pattern_hash:
+            found.append((entry, parsed))
+    found.sort(key=lambda em: (em[1].mirror, em[1].summary.time))
+    return found
+
+
+def _fetched(data: bytes, manifests: list[tuple[Entry, E.ManifestEntry]], *, tampered: int) -> Fetched:
+    publishers = [node_id_for(e.record.author).hex() for e, m in manifests if not m.mirror]
+    mirrors = [node_id_for(e.record.author).hex() for e, m in manifests if m.mirror]
+    return Fetched(
+        data=data, hash=manifests[0][1].summary.hash, summary=manifests[0][1].summary,
+        authors=list(dict.fromkeys(publishers)), mirrors=list(dict.fromkeys(mirrors)), tampered=tampered,
+    )
+
+
+def _split_blocks(data: bytes) -> list[bytes]:
+    return split(data)[1]
+
