@@ -47,6 +47,8 @@ class NodeConfig:
     rpc_timeout_max: float = 5.0
     max_replica_bytes: int = 1 << 30
     """Bytes of other nodes' data this node accepts before answering STORE with "full"."""
+    handoff_delay: float = 0.5
+    """Seconds new contacts are gathered before one pass hands them the values they should hold."""
     max_entries_per_key: int = 64
     """Entries one shared key (an index term, a pattern hash) holds; the newest are kept."""
     max_pattern_bytes: int = 1 << 20

@@ -79,6 +79,8 @@ class AetherNode(Server):
         self.address: tuple[str, int] | None = None
         self.started_at: float | None = None
         self._jobs: list[asyncio.Task] = []
+        self._newcomers: dict[bytes, Node] = {}
+        self._hand_off_task: asyncio.Future | None = None
 
     # ------------------------------------------------------------- lifecycle
     def _create_protocol(self) -> AetherProtocol:
@@ -371,27 +373,49 @@ class AetherNode(Server):
         return True
 
     def on_new_contact(self, node: Node) -> None:
-        """Hand a newly seen node the values it is now among the closest to."""
-        if self.store.has_values():
-            self.background(self._hand_off(node))
+        """Hand a newly seen node the values it is now among the closest to.
 
-    async def _hand_off(self, node: Node) -> None:
+        New contacts are gathered for ``handoff_delay`` and handed off in one pass
+        over what we hold: during a join or a burst of lookups a node meets many
+        contacts at once, and one pass per contact would cost a neighbour query
+        per held value each time.
+        """
+        if not self.store.has_values():
+            return
+        self._newcomers[node.id] = node
+        if self._hand_off_task is None:
+            self._hand_off_task = asyncio.ensure_future(self._hand_off_batch())
+            self.protocol.adopt(self._hand_off_task)
+
+    async def _hand_off_batch(self) -> None:
+        await asyncio.sleep(self.config.handoff_delay)
+        batch, self._newcomers, self._hand_off_task = self._newcomers, {}, None
+        sends = asyncio.Semaphore(32)
+
+        async def send(node: Node, key: bytes, value: bytes) -> None:
+            async with sends:
+                await self.protocol.call_store(node, key, value)
+
+        jobs = []
         held_items: list[StoredValue | StoredEntry] = [*self.store.iter_entries(), *self.store.iter_values()]
         for held in held_items:
-            if self._should_hand_off(node, self._placement(held)):
-                await self.protocol.call_store(node, held.key, held.value)
+            for node in self._hand_off_targets(list(batch.values()), self._placement(held)):
+                jobs.append(send(node, held.key, held.value))
+        await asyncio.gather(*jobs)
 
-    def _should_hand_off(self, node: Node, key: bytes) -> bool:
-        """Whether ``node`` is now among the k closest to ``key`` and we are the closest holder."""
+    def _hand_off_targets(self, newcomers: list[Node], key: bytes) -> list[Node]:
+        """The newcomers now among the k closest to ``key``, if we are the closest other holder."""
         target = Node(key)  # the key itself, not a hash of it
-        neighbors = self.protocol.router.find_neighbors(target, exclude=node)
-        if neighbors:
-            farthest = neighbors[-1].distance_to(target)
-            if len(neighbors) >= self.ksize and node.distance_to(target) >= farthest:
-                return False
-            if self.node.distance_to(target) > neighbors[0].distance_to(target):
-                return False
-        return True
+        ids = {n.id for n in newcomers}
+        neighbors = [
+            n for n in self.protocol.router.find_neighbors(target, k=self.ksize + len(newcomers)) if n.id not in ids
+        ][: self.ksize]
+        if neighbors and self.node.distance_to(target) > neighbors[0].distance_to(target):
+            return []
+        if len(neighbors) < self.ksize:
+            return newcomers
+        farthest = neighbors[-1].distance_to(target)
+        return [n for n in newcomers if n.distance_to(target) < farthest]
 
     def _placement(self, held: StoredValue | StoredEntry) -> bytes:
         """The key a held value lives near: a block listed by a held manifest lives near its pattern."""

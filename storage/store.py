@@ -664,9 +664,12 @@ class Store:
             return [bytes(r[0]) for r in c.execute("SELECT key FROM values_ ORDER BY key")]
 
     def has_values(self) -> bool:
-        """Whether anything is held: one index probe, for checks made on every new contact."""
+        """Whether anything (value or entry) is held: two index probes, for checks made on every new contact."""
         with self._read() as c:
-            return c.execute("SELECT 1 FROM values_ LIMIT 1").fetchone() is not None
+            return (
+                c.execute("SELECT 1 FROM values_ LIMIT 1").fetchone() is not None
+                or c.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+            )
 
     def count(self, role: str | None = None) -> int:
         """Number of held values (of one role, if given)."""
