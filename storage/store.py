@@ -761,6 +761,9 @@ class Store:
         pin = 1 if pinned else 0
         ident = (key, author, name)
         with self._tx() as c:
+            # Expired entries under this key go first, so they neither take a slot
+            # nor come back to life past the limit when their author renews them.
+            c.execute("DELETE FROM entries WHERE key = ? AND expires <= ?", (key, now))
             held = c.execute(
                 "SELECT value, seq, expires, role, pinned FROM entries WHERE key = ? AND author = ? AND name = ?",
                 ident,
@@ -786,7 +789,7 @@ class Store:
                         (new_role, new_pin, *ident),
                     )
                 return PutResult.UNCHANGED
-            count = c.execute("SELECT COUNT(*) FROM entries WHERE key = ? AND expires > ?", (key, now)).fetchone()[0]
+            count = c.execute("SELECT COUNT(*) FROM entries WHERE key = ?", (key,)).fetchone()[0]
             if count >= limit:
                 oldest = c.execute(
                     "SELECT author, name, expires FROM entries WHERE key = ? AND pinned = 0 "
