@@ -49,6 +49,9 @@ class LookupResult:
     """Peers that answered without a value (nearest first)."""
     entries: list[Entry] = field(default_factory=list)
     """Entries of a shared key, each author's newest per name, newest first."""
+    candidates: list[Node] = field(default_factory=list)
+    """The k closest peers known when the lookup ended, asked or not, nearest first
+    (a lookup that stops at its first holder has asked only a few of them)."""
     more: list[tuple[Node, int]] = field(default_factory=list)
     """Holders that have more entries than one page, with where their next page starts."""
     messages: int = 0
@@ -198,6 +201,7 @@ class Lookup:
         )
         answered = sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance)
         self.result.closest = [e.node for e in answered[: self.k]]
+        self.result.candidates = [e.node for e in self._closest_live()]
         if not self.result.hops and answered:
             self.result.hops = max(e.depth for e in answered[: self.k])
         self.result.without_value.sort(key=lambda n: n.long_id ^ self.target_long)

@@ -32,8 +32,10 @@ from aether.node.values import Entry, ValueRejected, check_value
 from aether.storage.store import BLOCK, StoredEntry
 
 HASH = re.compile(r"[0-9a-f]{64}")
-MAX_PARALLEL_STORES = 64
-"""STOREs in flight while placing a pattern: a 1 MiB pattern is 171 blocks × k nodes."""
+MAX_PARALLEL_STORES = 24
+"""Block STOREs in flight while placing a pattern: a 1 MiB pattern is 171 blocks × k nodes,
+more than a receiver's socket buffer takes at once."""
+STORE_ATTEMPTS = 3
 MAX_PARALLEL_PULLS = 16
 
 
@@ -170,12 +172,18 @@ class PatternLibrary:
         # Held here first, pinned: the pattern is safe on this node before the network sees it.
         for block_key, block in zip(manifest.blocks, blocks):
             self.store.put(block_key, block, kind=BLOCK, role="own", pinned=True)
-        placed, *_ = await asyncio.gather(
+        placed, _, *indexed = await asyncio.gather(
             self._place(manifest_record, manifest, blocks),
             self.node.put_entry(head_record, closest=placement),
             *(self.node.put_entry(r) for r in index_records),
+            return_exceptions=True,
         )
-        return Published(pattern, unchanged=False, replicas=placed, index_terms=len(terms))
+        # The pattern and its head must be out; a search term that could not be placed is not fatal.
+        for outcome in (placed, _):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        terms_placed = sum(not isinstance(r, BaseException) for r in indexed)
+        return Published(pattern, unchanged=False, replicas=placed, index_terms=terms_placed)
 
     def _held_seq(self, key: bytes, name: bytes) -> int:
         held = self.store.entry(key, self.me, name)
@@ -188,7 +196,12 @@ class PatternLibrary:
                              next_seq(self._held_seq(E.pattern_key(summary.hash), name)), payload, ttl)
 
     async def _place(self, record: SignedRecord, manifest: Manifest, blocks: list[bytes]) -> int:
-        """Manifest and blocks on the k nodes closest to the pattern's key: one lookup for all of them."""
+        """Manifest and blocks on the k nodes closest to the pattern's key: one lookup for all of them.
+
+        Returns how many nodes acknowledged the manifest and every block. A
+        block STORE that goes unanswered is sent again (datagrams are lost when a
+        receiver's socket buffer fills during a burst).
+        """
         key = record.topic_key
         assert key is not None
         checked = check_value(key, record.encode())
@@ -197,12 +210,20 @@ class PatternLibrary:
         closest = (await self.node.lookup(key)).closest
         report = await self.node.store_on(closest, key, checked.data)
 
-        async def put(node: Node, block_key: bytes, block: bytes) -> None:
-            async with self._stores:
-                await self.node.protocol.call_store(node, block_key, block)
+        async def put(node: Node, block_key: bytes, block: bytes) -> bool:
+            for _ in range(STORE_ATTEMPTS):
+                async with self._stores:
+                    ok, body = await self.node.protocol.call_store(node, block_key, block)
+                if ok:
+                    return not (isinstance(body, dict) and "error" in body)
+            return False
 
-        await asyncio.gather(*(put(n, k, b) for n in report.accepted for k, b in zip(manifest.blocks, blocks)))
-        return report.stored
+        async def put_all(node: Node) -> bool:
+            results = await asyncio.gather(*(put(node, k, b) for k, b in zip(manifest.blocks, blocks)))
+            return all(results)
+
+        complete = await asyncio.gather(*(put_all(n) for n in report.accepted))
+        return sum(complete)
 
     # ------------------------------------------------------------------ fetch
     async def resolve(self, ref: str, author: str | None = None) -> Authored:
@@ -258,9 +279,9 @@ class PatternLibrary:
         if not manifests:
             raise PatternNotFound(f"no reachable node holds pattern {pattern_hash}")
         manifest = manifests[0][1].manifest
-        # The nodes that answered first, then the rest of the closest: blocks live next to the manifest.
-        holders = list(dict.fromkeys(result.holders + result.closest))
-        data, tampered = await self._pull(manifest, holders)
+        # The nodes that answered first, then the rest of the closest known: blocks live next to the manifest.
+        holders = _unique(result.holders + result.candidates)
+        data, tampered = await self._pull(manifest, key, holders)
         self.node.background(self._cache(key, manifests, manifest, data))
         return _fetched(data, manifests, tampered=tampered)
 
@@ -281,23 +302,40 @@ class PatternLibrary:
         fetched.local = True
         return fetched
 
-    async def _pull(self, manifest: Manifest, holders: list[Node]) -> tuple[bytes, int]:
-        """Every block from the holders, in parallel; a holder that lies is not asked again."""
+    async def _pull(self, manifest: Manifest, key: bytes, holders: list[Node]) -> tuple[bytes, int]:
+        """Every block from the holders, in parallel; a holder that lies is not asked again.
+
+        A block none of them returns is read from the k closest nodes found by a
+        full lookup of the pattern key (done once, for all such blocks), then,
+        last, looked up by its own key.
+        """
         liars: set[bytes] = set()
         pulls = asyncio.Semaphore(MAX_PARALLEL_PULLS)
+        wider: asyncio.Future | None = None
+
+        async def from_nodes(index: int, block_key: bytes, nodes: list[Node]) -> bytes | None:
+            honest = [n for n in nodes if n.id not in liars]
+            # Spread the blocks over the holders rather than asking the first for all.
+            start = index % len(honest) if honest else 0
+            data, caught = await self.node.pull_block(block_key, honest[start:] + honest[:start])
+            liars.update(n.id for n in caught)
+            return data
 
         async def one(index: int, block_key: bytes) -> bytes:
+            nonlocal wider
             held = self.store.read(block_key)
             if held is not None:
                 return held
             async with pulls:
-                honest = [n for n in holders if n.id not in liars]
-                # Spread the blocks over the holders rather than asking the first for all.
-                start = index % len(honest) if honest else 0
-                data, caught = await self.node.pull_block(block_key, honest[start:] + honest[:start])
-                liars.update(n.id for n in caught)
+                data = await from_nodes(index, block_key, holders)
                 if data is None:
-                    data = await self.node.get_block(block_key)  # a lookup of its own: the last resort
+                    if wider is None:
+                        wider = asyncio.ensure_future(self.node.lookup(key))
+                    closest = (await asyncio.shield(wider)).closest
+                    asked = {n.id for n in holders}
+                    data = await from_nodes(index, block_key, [n for n in closest if n.id not in asked])
+                if data is None:
+                    data = await self.node.get_block(block_key)
                 if data is None:
                     raise PatternNotFound(
                         f"block {index + 1} of {len(manifest.blocks)} of pattern {manifest.pattern_hash.hex()} "
@@ -305,7 +343,11 @@ class PatternLibrary:
                     )
                 return data
 
-        blocks = await asyncio.gather(*(one(i, k) for i, k in enumerate(manifest.blocks)))
+        try:
+            blocks = await asyncio.gather(*(one(i, k) for i, k in enumerate(manifest.blocks)))
+        finally:
+            if wider is not None and not wider.done():
+                wider.cancel()
         return assemble(manifest, list(blocks)), len(liars)
 
     async def _cache(self, key: bytes, manifests: list, manifest: Manifest, data: bytes) -> None:
@@ -500,6 +542,14 @@ def _fetched(data: bytes, manifests: list[tuple[Entry, E.ManifestEntry]], *, tam
         data=data, hash=manifests[0][1].summary.hash, summary=manifests[0][1].summary,
         authors=list(dict.fromkeys(publishers)), mirrors=list(dict.fromkeys(mirrors)), tampered=tampered,
     )
+
+
+def _unique(nodes: list[Node]) -> list[Node]:
+    """Nodes in order, each ID once."""
+    seen: dict[bytes, Node] = {}
+    for node in nodes:
+        seen.setdefault(node.id, node)
+    return list(seen.values())
 
 
 def _split_blocks(data: bytes) -> list[bytes]:

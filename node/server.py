@@ -276,6 +276,8 @@ class AetherNode(Server):
         outcome = self.keep_entry(checked, role="own", pinned=True)
         if outcome in (PutResult.REFUSED_OLDER, PutResult.REFUSED_CONFLICT):
             raise ValueRejected("older", f"an entry with sequence number >= {record.seq} is already held")
+        if outcome is PutResult.REFUSED_FULL:
+            raise ValueRejected("full", "this node holds its limit of newer entries under that key")
         if closest is None:
             return await self._replicate(key, data)
         return await self.store_on(closest, key, data)
@@ -313,7 +315,10 @@ class AetherNode(Server):
             if isinstance(checked, Entry):
                 local.append(checked)
         self._merge_entries(merged, local)
-        result.entries = sorted(merged.values(), key=lambda e: (-e.record.expires, e.record.author, e.record.name))
+        # A key holds the newest max_entries_per_key; holders that have not yet
+        # dropped older ones do not make it hold more.
+        newest = sorted(merged.values(), key=lambda e: (-e.record.expires, e.record.author, e.record.name))
+        result.entries = newest[: self.config.max_entries_per_key]
         return result
 
     @staticmethod

@@ -739,10 +739,11 @@ class Store:
         """Store one author's record under a shared key, with the seq rules of ``put``.
 
         Each (author, name) is ordered by its own seq. A key holds at most ``limit``
-        entries: when it is full, the entry that expires first and is not pinned
-        makes room for a newer one; an entry that would expire before all of them
-        is REFUSED_FULL. Newest means latest expiry, since authors re-sign their
-        entries as they republish them.
+        entries: when it is full, the unpinned entry that expires first makes room
+        for a later-expiring one, and only when every entry is pinned does the
+        earliest-expiring pinned one make room, for a pinned newcomer. Anything
+        else is REFUSED_FULL. Newest means latest expiry, since authors re-sign
+        their entries as they republish them.
         """
         _check_key(key)
         _check_role(role)
@@ -791,12 +792,14 @@ class Store:
                 return PutResult.UNCHANGED
             count = c.execute("SELECT COUNT(*) FROM entries WHERE key = ?", (key,)).fetchone()[0]
             if count >= limit:
+                # Unpinned entries make room first; a pinned one only for a pinned
+                # newcomer (an author's newer entry replaces its own older one).
                 oldest = c.execute(
-                    "SELECT author, name, expires FROM entries WHERE key = ? AND pinned = 0 "
-                    "ORDER BY expires, seq, author, name LIMIT 1",
+                    "SELECT author, name, expires, pinned FROM entries WHERE key = ? "
+                    "ORDER BY pinned, expires, seq, author, name LIMIT 1",
                     (key,),
                 ).fetchone()
-                if oldest is None or oldest[2] >= expires:
+                if oldest is None or oldest[2] >= expires or (oldest[3] and not pinned):
                     return PutResult.REFUSED_FULL
                 c.execute("DELETE FROM entries WHERE key = ? AND author = ? AND name = ?", (key, oldest[0], oldest[1]))
             c.execute(
