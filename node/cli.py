@@ -163,16 +163,33 @@ def publish(obj: Context, paths: tuple[str, ...], timeout: float) -> None:
     errors: list[dict[str, str]] = []
     show_bar = len(files) > 1 and not obj.as_json and sys.stderr.isatty()
 
+
+    def refuse(path: Path, exc: Exception) -> None:
+        errors.append({"path": str(path), "error": str(exc)})
+        click.echo(f"error: {exc}", err=True)
+
+    # Every file is checked before the network is touched, so a bad file is
+    # reported even when no peer can be reached.
+    valid = []
+    for path in files:
+        try:
+            load_pattern(path, max_bytes=limit)
+        except PatternError as exc:
+            refuse(path, exc)
+        else:
+            valid.append(path)
+
     async def go() -> None:
+        if not valid:
+            return
         async with open_session(obj.home, network=True, timeout=timeout) as call:
-            with click.progressbar(length=len(files), label="publishing", file=sys.stderr) if show_bar else _Null() as bar:
-                for path in files:
+            with click.progressbar(length=len(valid), label="publishing", file=sys.stderr) if show_bar else _Null() as bar:
+                for path in valid:
                     try:
                         pattern = load_pattern(path, max_bytes=limit)
                         result = await call("publish", {"data": pattern.data, "source": str(path)})
                     except (PatternError, ControlError) as exc:
-                        errors.append({"path": str(path), "error": str(exc)})
-                        click.echo(f"error: {exc}", err=True)
+                        refuse(path, exc)
                     else:
                         results.append(result)
                         if not obj.as_json:
