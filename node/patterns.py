@@ -127,15 +127,41 @@ class PatternLibrary:
         """Validate, sign and place a pattern; the same bytes published again change nothing."""
         pattern = parse_pattern(data, source=source, max_bytes=self.max_pattern_bytes)
         key = E.pattern_key(pattern.hash)
-        head_key = E.id_key(pattern.id)
-        head = self.store.entry(head_key, self.me, E.head_name(pattern.id))
+        head = self.store.entry(E.id_key(pattern.id), self.me, E.head_name(pattern.id))
         if head is not None and self.store.entry(key, self.me, E.manifest_name(pattern.hash)) is not None:
             if E.decode_summary(_record(head).payload).hash == pattern.hash:
                 return Published(pattern, unchanged=True)
 
         manifest, blocks = split(data)
-        now = int(time.time())
-        summary = E.Summary.of(pattern, now)
+        summary = E.Summary.of(pattern, int(time.time()))
+        ttl = int(self.node.config.record_ttl)
+        manifest_record = self._manifest_record(manifest, summary, mirror=False, ttl=ttl)
+        terms = E.index_terms(pattern)
+        index_records = [
+            create_record(self.node.identity, E.INDEX_KIND, E.index_name(term, pattern.id),
+                          next_seq(self._held_seq(E.term_key(term), E.index_name(term, pattern.id))),
+                          E.encode_summary(summary), ttl)
+            for term in terms
+        ]
+        # Held here first, pinned: the pattern is safe on this node before the network sees it.
+        for block_key, block in zip(manifest.blocks, blocks):
+            self.store.put(block_key, block, kind=BLOCK, role="own", pinned=True)
+        placed, headed, *indexed = await asyncio.gather(
+            self._place(manifest_record, manifest, blocks),
+            self._publish_head(pattern, summary, head, ttl),
+            *(self.node.put_entry(r) for r in index_records),
+            return_exceptions=True,
+        )
+        # The pattern and its head must be out; a search term that could not be placed is not fatal.
+        for outcome in (placed, headed):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        terms_placed = sum(not isinstance(r, BaseException) for r in indexed)
+        return Published(pattern, unchanged=False, replicas=placed, index_terms=terms_placed)
+
+    async def _publish_head(self, pattern: Pattern, summary: E.Summary, head: StoredEntry | None, ttl: int) -> None:
+        """The author's newest version of the pattern ID, with the versions before it."""
+        head_key = E.id_key(pattern.id)
         placement = None
         previous = _record(head) if head is not None else None
         if previous is None:
@@ -154,36 +180,12 @@ class PatternLibrary:
                 history = ((last.hash, last.time), *last.history)[: E.MAX_HISTORY]
             elif last is not None:
                 history = last.history
-
-        ttl = int(self.node.config.record_ttl)
-        seq = next_seq(previous.seq if previous is not None else 0)
-        manifest_record = self._manifest_record(manifest, summary, mirror=False, ttl=ttl)
-        head_record = create_record(
-            self.node.identity, E.HEAD_KIND, E.head_name(pattern.id), seq,
+        record = create_record(
+            self.node.identity, E.HEAD_KIND, E.head_name(pattern.id),
+            next_seq(previous.seq if previous is not None else 0),
             E.encode_summary(replace(summary, history=history)), ttl,
         )
-        terms = E.index_terms(pattern)
-        index_records = [
-            create_record(self.node.identity, E.INDEX_KIND, E.index_name(term, pattern.id),
-                          next_seq(self._held_seq(E.term_key(term), E.index_name(term, pattern.id))),
-                          E.encode_summary(summary), ttl)
-            for term in terms
-        ]
-        # Held here first, pinned: the pattern is safe on this node before the network sees it.
-        for block_key, block in zip(manifest.blocks, blocks):
-            self.store.put(block_key, block, kind=BLOCK, role="own", pinned=True)
-        placed, _, *indexed = await asyncio.gather(
-            self._place(manifest_record, manifest, blocks),
-            self.node.put_entry(head_record, closest=placement),
-            *(self.node.put_entry(r) for r in index_records),
-            return_exceptions=True,
-        )
-        # The pattern and its head must be out; a search term that could not be placed is not fatal.
-        for outcome in (placed, _):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        terms_placed = sum(not isinstance(r, BaseException) for r in indexed)
-        return Published(pattern, unchanged=False, replicas=placed, index_terms=terms_placed)
+        await self.node.put_entry(record, closest=placement)
 
     def _held_seq(self, key: bytes, name: bytes) -> int:
         held = self.store.entry(key, self.me, name)

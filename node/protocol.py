@@ -114,6 +114,10 @@ class AetherProtocol(KademliaProtocol):
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
+    @property
+    def pending_tasks(self) -> int:
+        return len(self._tasks)
+
     def _task_done(self, task: asyncio.Future) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:

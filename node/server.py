@@ -450,6 +450,11 @@ class AetherNode(Server):
                 report.accepted.append(node)
         return report
 
+    @property
+    def busy(self) -> bool:
+        """Whether background work (hand-offs, caching, repairs) is pending or running."""
+        return bool(self._newcomers) or self._hand_off_task is not None or bool(self.protocol and self.protocol.pending_tasks)
+
     def background(self, coro: Awaitable) -> None:
         """Run work off the caller's path; stopping the node cancels it."""
         self.protocol.adopt(asyncio.ensure_future(coro))

@@ -435,6 +435,8 @@ async def test_when_every_holder_tampers_the_fetch_fails_and_returns_nothing(net
 async def test_an_invalid_pattern_is_refused_before_anything_is_stored(network, case):
     data, message = invalid_corpus()[case]
     publisher, reader = network[16], network[17]
+    # Earlier tests on this network may still be handing off or caching.
+    assert await wait_for(lambda: not any(n.busy for n in network))
     before = store_snapshot(network)
     with pytest.raises(PatternError) as refused:
         await PatternLibrary(publisher).publish(data, source=f"{case}.md")
