@@ -65,8 +65,12 @@ class Published:
     pattern: Pattern
     unchanged: bool
     replicas: int = 0
-    """Nodes that acknowledged the manifest (besides this one)."""
+    """Nodes that acknowledged the manifest and every block (besides this one)."""
     index_terms: int = 0
+    placed_after: float = 0.0
+    """Seconds until the pattern itself (manifest and blocks) was on its k nodes."""
+    seconds: float = 0.0
+    """Seconds until everything (pattern, head, search entries) was placed."""
 
 
 @dataclass
@@ -146,18 +150,21 @@ class PatternLibrary:
         # Held here first, pinned: the pattern is safe on this node before the network sees it.
         for block_key, block in zip(manifest.blocks, blocks):
             self.store.put(block_key, block, kind=BLOCK, role="own", pinned=True)
-        placed, headed, *indexed = await asyncio.gather(
-            self._place(manifest_record, manifest, blocks),
+        started = time.perf_counter()
+        # The pattern first, on its own: once it is on k nodes it survives us; the
+        # head and the search entries, which point at it, follow together.
+        replicas, placed_after = await self._place(manifest_record, manifest, blocks, started)
+        headed, *indexed = await asyncio.gather(
             self._publish_head(pattern, summary, head, ttl),
             *(self.node.put_entry(r) for r in index_records),
             return_exceptions=True,
         )
-        # The pattern and its head must be out; a search term that could not be placed is not fatal.
-        for outcome in (placed, headed):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        # The head must be out; a search term that could not be placed is not fatal.
+        if isinstance(headed, BaseException):
+            raise headed
         terms_placed = sum(not isinstance(r, BaseException) for r in indexed)
-        return Published(pattern, unchanged=False, replicas=placed, index_terms=terms_placed)
+        return Published(pattern, unchanged=False, replicas=replicas, index_terms=terms_placed,
+                         placed_after=placed_after, seconds=time.perf_counter() - started)
 
     async def _publish_head(self, pattern: Pattern, summary: E.Summary, head: StoredEntry | None, ttl: int) -> None:
         """The author's newest version of the pattern ID, with the versions before it."""
@@ -197,10 +204,13 @@ class PatternLibrary:
         return create_record(self.node.identity, E.MANIFEST_KIND, name,
                              next_seq(self._held_seq(E.pattern_key(summary.hash), name)), payload, ttl)
 
-    async def _place(self, record: SignedRecord, manifest: Manifest, blocks: list[bytes]) -> int:
+    async def _place(
+        self, record: SignedRecord, manifest: Manifest, blocks: list[bytes], started: float | None = None
+    ) -> tuple[int, float]:
         """Manifest and blocks on the k nodes closest to the pattern's key: one lookup for all of them.
 
-        Returns how many nodes acknowledged the manifest and every block. A
+        Returns how many nodes acknowledged the manifest and every block, and
+        the seconds since ``started`` when the last of them did. A
         block STORE that goes unanswered is sent again (datagrams are lost when a
         receiver's socket buffer fills during a burst).
         """
@@ -225,7 +235,7 @@ class PatternLibrary:
             return all(results)
 
         complete = await asyncio.gather(*(put_all(n) for n in report.accepted))
-        return sum(complete)
+        return sum(complete), time.perf_counter() - (started or 0.0)
 
     # ------------------------------------------------------------------ fetch
     async def resolve(self, ref: str, author: str | None = None) -> Authored:

@@ -80,6 +80,7 @@ class AetherNode(Server):
         self.started_at: float | None = None
         self._jobs: list[asyncio.Task] = []
         self._newcomers: dict[bytes, Node] = {}
+        self._used, self._used_read_at = 0, float("-inf")
         self._hand_off_task: asyncio.Future | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -351,7 +352,7 @@ class AetherNode(Server):
         except ValueRejected as exc:
             self.protocol.stats[f"store_refused_{exc.reason}"] += 1
             return error_reply(exc.reason, str(exc))
-        if not self.store.contains(key) and self.store.used_bytes() + len(value) > self.config.max_replica_bytes:
+        if self._used_bytes() + len(value) > self.config.max_replica_bytes and not self.store.contains(key):
             return error_reply("full", "this node's storage for replicas is full")
         now = time.time()
         if isinstance(checked, Entry):
@@ -376,6 +377,13 @@ class AetherNode(Server):
             # our own hourly re-replication can skip it (Kademlia, section 2.5).
             self.store.mark_republished([key], now=now)
         return True
+
+    def _used_bytes(self) -> int:
+        """Bytes held, read from the store at most once a second: every STORE checks it."""
+        now = time.monotonic()
+        if now - self._used_read_at > 1.0:
+            self._used, self._used_read_at = self.store.used_bytes(), now
+        return self._used
 
     def on_new_contact(self, node: Node) -> None:
         """Hand a newly seen node the values it is now among the closest to.
@@ -412,11 +420,14 @@ class AetherNode(Server):
         """The newcomers now among the k closest to ``key``, if we are the closest other holder."""
         target = Node(key)  # the key itself, not a hash of it
         ids = {n.id for n in newcomers}
-        neighbors = [
-            n for n in self.protocol.router.find_neighbors(target, k=self.ksize + len(newcomers)) if n.id not in ids
-        ][: self.ksize]
-        if neighbors and self.node.distance_to(target) > neighbors[0].distance_to(target):
+        router = self.protocol.router
+        # Cheap test first: for most keys we hold, another contact is closer than
+        # we are, and that contact hands the value over, not us.
+        nearest = [n for n in router.find_neighbors(target, k=1 + len(newcomers)) if n.id not in ids][:1]
+        if nearest and self.node.distance_to(target) > nearest[0].distance_to(target):
             return []
+        neighbors = [n for n in router.find_neighbors(target, k=self.ksize + len(newcomers)) if n.id not in ids]
+        neighbors = neighbors[: self.ksize]
         if len(neighbors) < self.ksize:
             return newcomers
         farthest = neighbors[-1].distance_to(target)
