@@ -440,9 +440,9 @@ class AetherNode(Server):
         return held.key
 
     # ------------------------------------------------------------- helpers
-    async def _replicate(self, key: bytes, value: bytes, *, near: bytes | None = None) -> PutReport:
-        """Store on the k nodes closest to ``near`` (default: the key itself)."""
-        result = await self.lookup(near or key)
+    async def _replicate(self, key: bytes, value: bytes) -> PutReport:
+        """Look up the k nodes closest to ``key`` and store the value on them."""
+        result = await self.lookup(key)
         report = await self.store_on(result.closest, key, value)
         report.lookup = result
         return report
@@ -511,23 +511,41 @@ class AetherNode(Server):
         """
         now = time.time()
         renew_before = 2 * self.config.republish_interval
+        items: list[tuple[StoredValue | StoredEntry, bytes]] = []
         for entry in self.store.iter_entries():
             if entry.role != "own" and not entry.pinned:
                 continue
             value = entry.value
             if entry.role == "own" and entry.expires - now < renew_before:
                 value = self._renewed_entry(entry) or value
-            await self._replicate(entry.key, value)
-            self.store.mark_entries_republished([entry.ident], now=now)
+            items.append((entry, value))
         for held in list(self.store.iter_values()):
             if held.role != "own" and not held.pinned:
                 continue
             value = held.value
             if held.kind == RECORD and held.expires is not None and held.expires - now < renew_before:
                 value = self._renewed(held) or value
-            await self._replicate(held.key, value, near=self._placement(held))
-            self.store.mark_republished([held.key], now=now)
+            items.append((held, value))
+        await self._store_near(items, now)
         self.store.meta_set("last_republish", str(now))
+
+    async def _store_near(self, items: list[tuple[StoredValue | StoredEntry, bytes]], now: float) -> None:
+        """Store each item on the k nodes closest to where it lives: one lookup per place.
+
+        A pattern's manifest and all its blocks live near the pattern's key, so
+        republishing a 171-block pattern costs one lookup, not 172.
+        """
+        by_place: dict[bytes, list[tuple[StoredValue | StoredEntry, bytes]]] = {}
+        for held, value in items:
+            by_place.setdefault(self._placement(held), []).append((held, value))
+        for place, group in by_place.items():
+            closest = (await self.lookup(place)).closest
+            for held, value in group:
+                await self.store_on(closest, held.key, value)
+                if isinstance(held, StoredEntry):
+                    self.store.mark_entries_republished([held.ident], now=now)
+                else:
+                    self.store.mark_republished([held.key], now=now)
 
     def _renewed_entry(self, held: StoredEntry) -> bytes | None:
         """Our own entry close to expiry, re-signed with a higher sequence number."""
@@ -554,12 +572,11 @@ class AetherNode(Server):
 
     async def replicate_held(self) -> None:
         now = time.time()
-        for entry in self.store.entries_due(self.config.replicate_interval, now=now, role="replica"):
-            await self._replicate(entry.key, entry.value)
-            self.store.mark_entries_republished([entry.ident], now=now)
-        for held in self.store.due_for_republish(self.config.replicate_interval, now=now, role="replica"):
-            await self._replicate(held.key, held.value, near=self._placement(held))
-            self.store.mark_republished([held.key], now=now)
+        due: list[StoredValue | StoredEntry] = [
+            *self.store.entries_due(self.config.replicate_interval, now=now, role="replica"),
+            *self.store.due_for_republish(self.config.replicate_interval, now=now, role="replica"),
+        ]
+        await self._store_near([(held, held.value) for held in due], now)
 
     async def drop_expired(self) -> None:
         dropped = self.store.drop_expired()

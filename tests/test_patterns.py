@@ -479,3 +479,62 @@ async def test_a_fetched_pattern_is_cached_and_served_by_the_fetcher(network):
         assert ok and body == {"value": block}
     ok, body = await third.protocol.find_value(address_of(fetcher), third.node.id, E.pattern_key(pattern_hash))
     assert ok and isinstance(body, dict) and isinstance(body.get("value"), bytes)
+
+
+# ---------------------------------------------------------------------- 11. maintenance keeps blocks near their pattern
+def closest_to(nodes: list[AetherNode], key: bytes, k: int) -> list[AetherNode]:
+    target = int.from_bytes(key, "big")
+    return sorted(nodes, key=lambda n: n.node.long_id ^ target)[:k]
+
+
+def wipe(node: AetherNode, data: bytes) -> None:
+    """Remove every trace of the pattern from a node's store, as if it had just joined."""
+    manifest, _ = split(data)
+    key = E.pattern_key(manifest.pattern_hash.hex())
+    for entry in node.store.entries(key):
+        node.store.delete_entry(key, entry.author, entry.name)
+    for block in manifest.blocks:
+        node.store.delete(block)
+
+
+async def test_republish_restores_a_pattern_near_its_key_with_one_lookup_for_all_its_blocks(tmp_path, monkeypatch):
+    data = make_pattern("Pattern-KEEP-001", "Republished as a whole", size=40 * 1024)  # 7 blocks
+    manifest, _ = split(data)
+    key = E.pattern_key(manifest.pattern_hash.hex())
+    async with local_network(tmp_path / "net", 16, QUIET.replace(ksize=4), seed=5) as nodes:
+        publisher = nodes[0]
+        await PatternLibrary(publisher).publish(data)
+        for node in nodes[1:]:
+            wipe(node, data)
+        lookups = count_calls(monkeypatch, publisher, "lookup")
+        await publisher.republish_own()
+        looked_up = [args[0] for args in lookups]
+        # One lookup of the pattern key serves the manifest and all 7 blocks.
+        assert looked_up.count(key) == 1
+        assert not set(manifest.blocks) & set(looked_up)
+        for holder in closest_to([n for n in nodes if n is not publisher], key, 4)[:3]:
+            assert all(holder.store.contains(b) for b in manifest.blocks), holder
+        reader = next(n for n in nodes[1:] if not holds(n, data))
+        assert (await PatternLibrary(reader).fetch(manifest.pattern_hash.hex())).data == data
+
+
+async def test_a_replica_holder_re_replicates_blocks_next_to_their_pattern(tmp_path):
+    data = make_pattern("Pattern-KEEP-002", "Replicas stay together", size=20 * 1024)
+    manifest, _ = split(data)
+    key = E.pattern_key(manifest.pattern_hash.hex())
+    config = QUIET.replace(ksize=4, replicate_interval=0.05)
+    async with local_network(tmp_path / "net", 16, config, seed=6) as nodes:
+        publisher = nodes[0]
+        await PatternLibrary(publisher).publish(data)
+        holders = [n for n in nodes[1:] if holds(n, data)]
+        keeper = holders[0]
+        for node in nodes[1:]:
+            if node is not keeper:
+                wipe(node, data)
+        await asyncio.sleep(0.1)  # every replica the keeper holds is now due
+        await keeper.replicate_held()
+        near = [n for n in closest_to(nodes, key, 4) if n not in (publisher, keeper)]
+        assert near
+        for node in near:
+            assert node.store.has_entries(key)
+            assert all(node.store.contains(b) for b in manifest.blocks)
