@@ -220,7 +220,6 @@ class PatternLibrary:
         assert isinstance(checked, Entry)
         self.node.keep_entry(checked, role="own", pinned=True)
         closest = (await self.node.lookup(key)).closest
-        report = await self.node.store_on(closest, key, checked.data)
 
         async def put(node: Node, block_key: bytes, block: bytes) -> bool:
             for _ in range(STORE_ATTEMPTS):
@@ -231,10 +230,14 @@ class PatternLibrary:
             return False
 
         async def put_all(node: Node) -> bool:
-            results = await asyncio.gather(*(put(node, k, b) for k, b in zip(manifest.blocks, blocks)))
+            # Manifest and blocks together: a holder links blocks to the pattern
+            # whichever arrives first (the links table), so no round is spent waiting.
+            results = await asyncio.gather(
+                put(node, key, checked.data), *(put(node, k, b) for k, b in zip(manifest.blocks, blocks))
+            )
             return all(results)
 
-        complete = await asyncio.gather(*(put_all(n) for n in report.accepted))
+        complete = await asyncio.gather(*(put_all(n) for n in closest))
         return sum(complete), time.perf_counter() - (started or 0.0)
 
     # ------------------------------------------------------------------ fetch

@@ -7,12 +7,33 @@ nowhere. Ours walks outward in both directions, always taking the side whose
 next bucket can come closer to the target (moving away from the target's
 bucket, that bound never decreases: every ID there differs from the target at
 a higher bit), and stops when neither side can beat the k-th contact found.
+
+Two stock helpers that run for every datagram are made cheaper without
+changing what they return: the bucket of an ID is found by bisection, not a
+scan, and a full bucket's depth (its contacts' shared ID prefix) comes from
+the XOR of its smallest and largest ID, not from 160-character bit strings.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+
 from kademlia.node import Node
-from kademlia.routing import RoutingTable
+from kademlia.routing import KBucket, RoutingTable
+
+ID_BITS = 160
+
+
+def bucket_depth(bucket: KBucket) -> int:
+    """Length of the ID prefix all of a bucket's contacts share (stock ``KBucket.depth``).
+
+    The common prefix of a set of numbers is that of its smallest and largest.
+    """
+    ids = [n.long_id for n in bucket.nodes.values()]
+    if not ids:
+        return 0
+    return ID_BITS - (min(ids) ^ max(ids)).bit_length()
 
 
 def _bound_right(bucket_range: tuple[int, int], target: int) -> int:
@@ -30,6 +51,31 @@ def _top_bit(value: int) -> int:
 
 
 class AetherRoutingTable(RoutingTable):
+    def get_bucket_for(self, node: Node) -> int:
+        """Index of the bucket whose range holds ``node`` (buckets only ever split, so ranges stay sorted)."""
+        uppers = self._uppers()
+        return min(bisect.bisect_right(uppers, node.long_id), len(uppers) - 1)
+
+    def _uppers(self) -> list[int]:
+        # A split replaces one bucket by two, so the count tells whether ranges changed.
+        cached = getattr(self, "_upper_cache", None)
+        if cached is None or cached[0] is not self.buckets or len(cached[1]) != len(self.buckets):
+            cached = (self.buckets, [bucket.range[1] for bucket in self.buckets])
+            self._upper_cache = cached
+        return cached[1]
+
+    def add_contact(self, node: Node) -> None:
+        """Stock ``add_contact`` (Kademlia section 4.2 splitting), with the cheap depth."""
+        index = self.get_bucket_for(node)
+        bucket = self.buckets[index]
+        if bucket.add_node(node):
+            return
+        if bucket.has_in_range(self.node) or bucket_depth(bucket) % 5 != 0:
+            self.split_bucket(index)
+            self.add_contact(node)
+        else:
+            asyncio.ensure_future(self.protocol.call_ping(bucket.head()))
+
     def find_neighbors(self, node: Node, k: int | None = None, exclude: Node | None = None) -> list[Node]:
         """The ``k`` contacts closest to ``node``, nearest first, leaving out ``node`` and ``exclude``'s address."""
         k = k or self.ksize

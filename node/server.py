@@ -80,6 +80,7 @@ class AetherNode(Server):
         self.started_at: float | None = None
         self._jobs: list[asyncio.Task] = []
         self._newcomers: dict[bytes, Node] = {}
+        self._saved_contacts: list[tuple[bytes, str, int]] = []
         self._used, self._used_read_at = 0, float("-inf")
         self._hand_off_task: asyncio.Future | None = None
 
@@ -153,9 +154,11 @@ class AetherNode(Server):
         return await self.bootstrap([(host, port) for _, host, port in saved])
 
     def save_contacts(self) -> None:
-        contacts = self.protocol.contacts() if self.protocol else []
-        if contacts:
-            self.store.save_contacts([(n.id, n.ip, n.port) for n in contacts])
+        """Write the routing table to the store, unless it is what was written last time."""
+        contacts = [(n.id, n.ip, n.port) for n in self.protocol.contacts()] if self.protocol else []
+        if contacts and contacts != self._saved_contacts:
+            self.store.save_contacts(contacts)
+            self._saved_contacts = contacts
 
     # ------------------------------------------------------------- lookups
     async def lookup(
@@ -255,16 +258,16 @@ class AetherNode(Server):
     def keep_entry(self, entry: Entry, *, role: str, pinned: bool = False) -> PutResult:
         """Hold an entry here; a manifest also ties its blocks to the pattern's key."""
         record = entry.record
-        outcome = self.store.put_entry(
-            entry.key, record.author, record.name, entry.data, seq=record.seq, expires=record.expires,
-            role=role, pinned=pinned, limit=self.config.max_entries_per_key,
-        )
-        if record.kind == MANIFEST_KIND and outcome in (PutResult.STORED, PutResult.UNCHANGED):
+        links: tuple[bytes, ...] = ()
+        if record.kind == MANIFEST_KIND:
             try:
-                self.store.link(entry.key, manifest_of(record).manifest.blocks)
+                links = manifest_of(record).manifest.blocks
             except EntryError:
                 pass  # an unreadable manifest links nothing; its signature was still good
-        return outcome
+        return self.store.put_entry(
+            entry.key, record.author, record.name, entry.data, seq=record.seq, expires=record.expires,
+            role=role, pinned=pinned, limit=self.config.max_entries_per_key, links=links,
+        )
 
     async def put_entry(self, record: SignedRecord, *, closest: list[Node] | None = None) -> PutReport:
         """Hold one of our entries here, pinned, and store it on the k nodes closest to its topic."""

@@ -305,6 +305,10 @@ def _check_time(t: object, what: str) -> float | None:
     return float(t)
 
 
+def _insert_links(c: sqlite3.Connection, group: bytes, blocks: Sequence[bytes]) -> None:
+    c.executemany("INSERT OR IGNORE INTO links (block, grp) VALUES (?, ?)", [(b, group) for b in blocks])
+
+
 def _later_expiry(a: float | None, b: float | None) -> float | None:
     """A re-store never shortens a value's life: None (never expires) beats any time."""
     if a is None or b is None:
@@ -734,9 +738,13 @@ class Store:
         role: str,
         pinned: bool = False,
         limit: int = 64,
+        links: Sequence[bytes] = (),
         now: float | None = None,
     ) -> PutResult:
         """Store one author's record under a shared key, with the seq rules of ``put``.
+
+        ``links``: blocks that belong to the pattern stored under ``key`` (a
+        manifest's), recorded in the same transaction when the entry is kept.
 
         Each (author, name) is ordered by its own seq. A key holds at most ``limit``
         entries: when it is full, the unpinned entry that expires first makes room
@@ -761,52 +769,65 @@ class Store:
         size = len(key) + len(author) + len(name) + len(value) + ROW_OVERHEAD
         pin = 1 if pinned else 0
         ident = (key, author, name)
+        links = [_check_key(b, "block") for b in links]
         with self._tx() as c:
-            # Expired entries under this key go first, so they neither take a slot
-            # nor come back to life past the limit when their author renews them.
-            c.execute("DELETE FROM entries WHERE key = ? AND expires <= ?", (key, now))
-            held = c.execute(
-                "SELECT value, seq, expires, role, pinned FROM entries WHERE key = ? AND author = ? AND name = ?",
-                ident,
+            outcome = self._put_entry(c, ident, value, seq, expires, role, pin, limit, size, now)
+            if outcome in (PutResult.STORED, PutResult.UNCHANGED):
+                _insert_links(c, key, links)
+            return outcome
+
+    @staticmethod
+    def _put_entry(
+        c: sqlite3.Connection, ident: tuple[bytes, bytes, bytes], value: bytes, seq: int, expires: float,
+        role: str, pin: int, limit: int, size: int, now: float,
+    ) -> PutResult:
+        key = ident[0]
+        pinned = bool(pin)
+        # Expired entries under this key go first, so they neither take a slot
+        # nor come back to life past the limit when their author renews them.
+        c.execute("DELETE FROM entries WHERE key = ? AND expires <= ?", (key, now))
+        held = c.execute(
+            "SELECT value, seq, expires, role, pinned FROM entries WHERE key = ? AND author = ? AND name = ?",
+            ident,
+        ).fetchone()
+        if held is not None:
+            h_value, h_seq, h_expires, h_role, h_pinned = held
+            new_role = role if _ROLE_RANK[role] > _ROLE_RANK[h_role] else h_role
+            new_pin = 1 if (h_pinned or pinned) else 0
+            if seq < h_seq:
+                return PutResult.REFUSED_OLDER
+            if seq > h_seq:
+                c.execute(
+                    "UPDATE entries SET value = ?, seq = ?, size = ?, expires = ?, stored_at = ?, "
+                    "role = ?, pinned = ? WHERE key = ? AND author = ? AND name = ?",
+                    (value, seq, size, expires, now, new_role, new_pin, *ident),
+                )
+                return PutResult.STORED
+            if bytes(h_value) != value:
+                return PutResult.REFUSED_CONFLICT
+            if (new_role, new_pin) != (h_role, h_pinned):
+                c.execute(
+                    "UPDATE entries SET role = ?, pinned = ? WHERE key = ? AND author = ? AND name = ?",
+                    (new_role, new_pin, *ident),
+                )
+            return PutResult.UNCHANGED
+        count = c.execute("SELECT COUNT(*) FROM entries WHERE key = ?", (key,)).fetchone()[0]
+        if count >= limit:
+            # Unpinned entries make room first; a pinned one only for a pinned
+            # newcomer (an author's newer entry replaces its own older one).
+            oldest = c.execute(
+                "SELECT author, name, expires, pinned FROM entries WHERE key = ? "
+                "ORDER BY pinned, expires, seq, author, name LIMIT 1",
+                (key,),
             ).fetchone()
-            if held is not None:
-                h_value, h_seq, h_expires, h_role, h_pinned = held
-                new_role = role if _ROLE_RANK[role] > _ROLE_RANK[h_role] else h_role
-                new_pin = 1 if (h_pinned or pinned) else 0
-                if seq < h_seq:
-                    return PutResult.REFUSED_OLDER
-                if seq > h_seq:
-                    c.execute(
-                        "UPDATE entries SET value = ?, seq = ?, size = ?, expires = ?, stored_at = ?, "
-                        "role = ?, pinned = ? WHERE key = ? AND author = ? AND name = ?",
-                        (value, seq, size, expires, now, new_role, new_pin, *ident),
-                    )
-                    return PutResult.STORED
-                if bytes(h_value) != value:
-                    return PutResult.REFUSED_CONFLICT
-                if (new_role, new_pin) != (h_role, h_pinned):
-                    c.execute(
-                        "UPDATE entries SET role = ?, pinned = ? WHERE key = ? AND author = ? AND name = ?",
-                        (new_role, new_pin, *ident),
-                    )
-                return PutResult.UNCHANGED
-            count = c.execute("SELECT COUNT(*) FROM entries WHERE key = ?", (key,)).fetchone()[0]
-            if count >= limit:
-                # Unpinned entries make room first; a pinned one only for a pinned
-                # newcomer (an author's newer entry replaces its own older one).
-                oldest = c.execute(
-                    "SELECT author, name, expires, pinned FROM entries WHERE key = ? "
-                    "ORDER BY pinned, expires, seq, author, name LIMIT 1",
-                    (key,),
-                ).fetchone()
-                if oldest is None or oldest[2] >= expires or (oldest[3] and not pinned):
-                    return PutResult.REFUSED_FULL
-                c.execute("DELETE FROM entries WHERE key = ? AND author = ? AND name = ?", (key, oldest[0], oldest[1]))
-            c.execute(
-                f"INSERT INTO entries ({_ENTRY_COLS}, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*ident, value, seq, expires, now, now, role, pin, now, size),
-            )
-            return PutResult.STORED
+            if oldest is None or oldest[2] >= expires or (oldest[3] and not pinned):
+                return PutResult.REFUSED_FULL
+            c.execute("DELETE FROM entries WHERE key = ? AND author = ? AND name = ?", (key, oldest[0], oldest[1]))
+        c.execute(
+            f"INSERT INTO entries ({_ENTRY_COLS}, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*ident, value, seq, expires, now, now, role, pin, now, size),
+        )
+        return PutResult.STORED
 
     def entries(
         self, key: bytes, *, offset: int = 0, limit: int | None = None, now: float | None = None
@@ -893,9 +914,9 @@ class Store:
     def link(self, group: bytes, blocks: Sequence[bytes]) -> None:
         """Record that ``blocks`` belong to the pattern stored under ``group``."""
         _check_key(group, "group")
-        rows = [(_check_key(b, "block"), group) for b in blocks]
+        blocks = [_check_key(b, "block") for b in blocks]
         with self._tx() as c:
-            c.executemany("INSERT OR IGNORE INTO links (block, grp) VALUES (?, ?)", rows)
+            _insert_links(c, group, blocks)
 
     def group_of(self, block: bytes) -> bytes | None:
         """The pattern key a block is kept near, or None for a block no held manifest lists."""

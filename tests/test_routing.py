@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from kademlia.node import Node
 from kademlia.routing import RoutingTable
 
-from aether.node.routing import AetherRoutingTable
+from aether.node.routing import AetherRoutingTable, bucket_depth
 
 
 class _NoPings:
@@ -76,3 +76,32 @@ def test_find_neighbors_leaves_out_the_target_and_the_excluded_address():
     found = table.find_neighbors(nodes[0], exclude=nodes[1])
     assert nodes[0] not in found and nodes[1] not in found
     assert len(found) == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 400), st.integers(2, 20))
+def test_the_table_splits_and_places_contacts_exactly_as_stock_does(seed, contacts, k):
+    """Bisection and the XOR depth give the stock table's buckets, contact for contact."""
+    rng = random.Random(seed)
+    own = Node(rng.getrandbits(160).to_bytes(20, "big"))
+    # Close IDs too, so that deep buckets (depth divisible by 5 or not) get full.
+    nodes = [Node((own.long_id ^ rng.getrandbits(rng.choice([8, 40, 160]))).to_bytes(20, "big")) for _ in range(contacts)]
+    nodes = [n for n in nodes if n.id != own.id]
+
+    async def both() -> tuple[RoutingTable, AetherRoutingTable]:
+        stock, ours = RoutingTable(_NoPings(), k, own), AetherRoutingTable(_NoPings(), k, own)
+        for node in nodes:
+            stock.add_contact(node)
+            ours.add_contact(node)
+            probe = Node(rng.getrandbits(160).to_bytes(20, "big"))
+            assert ours.get_bucket_for(probe) == stock.get_bucket_for(probe)
+        return stock, ours
+
+    stock, ours = asyncio.run(both())
+    assert [b.range for b in ours.buckets] == [b.range for b in stock.buckets]
+    assert [sorted(b.nodes) for b in ours.buckets] == [sorted(b.nodes) for b in stock.buckets]
+    for node in nodes:
+        assert ours.get_bucket_for(node) == stock.get_bucket_for(node)
+    for bucket in ours.buckets:
+        if bucket.nodes:
+            assert bucket_depth(bucket) == bucket.depth()
