@@ -294,9 +294,7 @@ class PatternLibrary:
         if not manifests:
             raise PatternNotFound(f"no reachable node holds pattern {pattern_hash}")
         manifest = manifests[0][1].manifest
-        # The nodes that answered first, then the rest of the closest known: blocks live next to the manifest.
-        holders = _unique(result.holders + result.candidates)
-        data, tampered = await self._pull(manifest, key, holders)
+        data, tampered = await self._pull(manifest, key, _unique(result.holders), _unique(result.candidates))
         self.node.background(self._cache(key, manifests, manifest, data))
         return _fetched(data, manifests, tampered=tampered)
 
@@ -317,22 +315,30 @@ class PatternLibrary:
         fetched.local = True
         return fetched
 
-    async def _pull(self, manifest: Manifest, key: bytes, holders: list[Node]) -> tuple[bytes, int]:
+    async def _pull(
+        self, manifest: Manifest, key: bytes, holders: list[Node], nearby: list[Node]
+    ) -> tuple[bytes, int]:
         """Every block from the holders, in parallel; a holder that lies is not asked again.
 
-        A block none of them returns is read from the k closest nodes found by a
-        full lookup of the pattern key (done once, for all such blocks), then,
-        last, looked up by its own key.
+        ``holders`` answered with the manifest: the blocks are spread over them.
+        A block none of them returns is asked of ``nearby`` (the closest nodes
+        the lookup knew, which hold the blocks too unless the lookup met them
+        before they did), then of the k closest nodes found by a full lookup of
+        the pattern key (done once, for all such blocks), then, last, looked up
+        by its own key.
         """
+        held_by = {n.id for n in holders}
+        nearby = [n for n in nearby if n.id not in held_by]
         liars: set[bytes] = set()
         pulls = asyncio.Semaphore(MAX_PARALLEL_PULLS)
         wider: asyncio.Future | None = None
 
-        async def from_nodes(index: int, block_key: bytes, nodes: list[Node]) -> bytes | None:
+        async def from_nodes(index: int, block_key: bytes, nodes: list[Node], *, spread: bool = False) -> bytes | None:
             honest = [n for n in nodes if n.id not in liars]
-            # Spread the blocks over the holders rather than asking the first for all.
-            start = index % len(honest) if honest else 0
-            data, caught = await self.node.pull_block(block_key, honest[start:] + honest[:start])
+            if spread and honest:  # the blocks over the holders, rather than the first one for all
+                start = index % len(honest)
+                honest = honest[start:] + honest[:start]
+            data, caught = await self.node.pull_block(block_key, honest)
             liars.update(n.id for n in caught)
             return data
 
@@ -342,12 +348,14 @@ class PatternLibrary:
             if held is not None:
                 return held
             async with pulls:
-                data = await from_nodes(index, block_key, holders)
+                data = await from_nodes(index, block_key, holders, spread=True)
+                if data is None:
+                    data = await from_nodes(index, block_key, nearby)
                 if data is None:
                     if wider is None:
                         wider = asyncio.ensure_future(self.node.lookup(key))
                     closest = (await asyncio.shield(wider)).closest
-                    asked = {n.id for n in holders}
+                    asked = held_by | {n.id for n in nearby}
                     data = await from_nodes(index, block_key, [n for n in closest if n.id not in asked])
                 if data is None:
                     data = await self.node.get_block(block_key)

@@ -364,8 +364,8 @@ async def test_a_pinned_pattern_survives_on_the_pinner_and_unpin_releases_it(tmp
 
 # ---------------------------------------------------------------------- 8. tampered blocks
 async def test_tampered_blocks_are_caught_and_read_from_an_honest_holder(network, monkeypatch):
-    """Every node but one honest holder forges blocks (and keeps the manifest to itself): the
-    fetch reads each block from the holder that tells the truth and counts the liars it caught."""
+    """Every node but one honest holder serves the true manifest but forges blocks: the fetch
+    reads each block from the holder that tells the truth and counts the liars it caught."""
     data = make_pattern("Pattern-LIE-001", "Forged blocks are caught", size=24 * 1024)
     manifest, blocks = split(data)
     real = dict(zip(manifest.blocks, blocks))
@@ -386,8 +386,6 @@ async def test_tampered_blocks_are_caught_and_read_from_an_honest_holder(network
             continue
 
         def lying(value_key, offset=0, _real=node.local_value):
-            if value_key == key:
-                return None
             if value_key in real:
                 return forged(real[value_key])
             return _real(value_key, offset)
