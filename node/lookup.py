@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from aether.node.protocol import AetherProtocol, FindReply
 
 _NEW, _ASKED, _ANSWERED, _FAILED = range(4)
+MAX_REFILLS = 3
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Lookup:
         started = time.monotonic()
         self._done = asyncio.get_running_loop().create_future()
         self._in_flight = 0
+        self._refills = 0
         self._pump()
         await self._done
         self._finish()
@@ -134,7 +136,29 @@ class Lookup:
                 request = self.protocol.request_find(entry.node, self.target, self.want_value)
                 request.add_done_callback(functools.partial(self._on_reply, entry))
         if self._in_flight == 0:
-            self._done.set_result(None)
+            if self._refill():
+                self._pump()
+            else:
+                self._done.set_result(None)
+
+    def _refill(self) -> bool:
+        """When fewer than k peers answered and some failed, seed again from the routing table.
+
+        The first seeds are the k closest contacts we had; after churn they may
+        all be gone (and now dropped from the table), while contacts a little
+        farther away, which know the holders, were never asked. Each refill
+        takes the closest contacts not tried yet; a lookup refills at most
+        MAX_REFILLS times.
+        """
+        states = [e.state for e in self.entries.values()]
+        if self._refills >= MAX_REFILLS or _FAILED not in states or states.count(_ANSWERED) >= self.k:
+            return False
+        self._refills += 1
+        wanted = self.k + len(self.entries)
+        fresh = [n for n in self.protocol.router.find_neighbors(Node(self.target), k=wanted) if n.id not in self.entries]
+        for node in fresh[: self.k]:
+            self._add(node, depth=1)
+        return any(e.state == _NEW for e in self.entries.values())
 
     def _on_reply(self, entry: _Entry, request: asyncio.Future) -> None:
         # Replies are handled in the future's callback, not in a task per
