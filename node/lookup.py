@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from kademlia.node import Node
 
-from aether.node.values import Block, Entries, Entry, Record, ValueRejected, check_found
+from aether.node.values import Block, Entries, Entry, Record, ValueRejected, check_found, merge_entries, newest_first
 
 if TYPE_CHECKING:
     from aether.node.protocol import AetherProtocol, FindReply
@@ -208,11 +208,7 @@ class Lookup:
         return False
 
     def _merge(self, entry: _Entry, page: Entries) -> bool:
-        for item in page.entries:
-            ident = (item.record.author, item.record.name)
-            held = self._entries.get(ident)
-            if held is None or item.record.seq > held.record.seq:
-                self._entries[ident] = item
+        merge_entries(self._entries, page.entries)
         self.result.holders.append(entry.node)
         if page.next_offset is not None:
             self.result.more.append((entry.node, page.next_offset))
@@ -220,9 +216,7 @@ class Lookup:
         return self.first_entries and bool(page.entries)
 
     def _finish(self) -> None:
-        self.result.entries = sorted(
-            self._entries.values(), key=lambda e: (-e.record.expires, e.record.author, e.record.name)
-        )
+        self.result.entries = newest_first(self._entries.values())
         answered = sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance)
         self.result.closest = [e.node for e in answered[: self.k]]
         self.result.candidates = [e.node for e in self._closest_live()]

@@ -210,10 +210,11 @@ class PatternLibrary:
         """Manifest and blocks on the k nodes closest to the pattern's key: one lookup for all of them.
 
         Returns how many nodes acknowledged the manifest and every block, and
-        the seconds since ``started`` when the last of them did. A
+        the seconds since ``started`` (default: now) when the last of them did. A
         block STORE that goes unanswered is sent again (datagrams are lost when a
         receiver's socket buffer fills during a burst).
         """
+        started = time.perf_counter() if started is None else started
         key = record.topic_key
         assert key is not None
         checked = check_value(key, record.encode())
@@ -238,7 +239,7 @@ class PatternLibrary:
             return all(results)
 
         complete = await asyncio.gather(*(put_all(n) for n in closest))
-        return sum(complete), time.perf_counter() - (started or 0.0)
+        return sum(complete), time.perf_counter() - started
 
     # ------------------------------------------------------------------ fetch
     async def resolve(self, ref: str, author: str | None = None) -> Authored:

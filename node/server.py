@@ -34,6 +34,7 @@ from aether.node.lookup import Lookup, LookupResult
 from aether.node.protocol import AetherProtocol, error_reply
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
+    merge_entries, newest_first,
 )
 from aether.storage.store import BLOCK, RECORD, PutResult, Store, StoredEntry, StoredValue
 
@@ -306,7 +307,7 @@ class AetherNode(Server):
                     break
                 if not isinstance(page, Entries):
                     break
-                self._merge_entries(merged, page.entries)
+                merge_entries(merged, page.entries)
                 if page.next_offset is None or page.next_offset <= offset:
                     break
                 offset = page.next_offset
@@ -318,20 +319,11 @@ class AetherNode(Server):
                 continue
             if isinstance(checked, Entry):
                 local.append(checked)
-        self._merge_entries(merged, local)
+        merge_entries(merged, local)
         # A key holds the newest max_entries_per_key; holders that have not yet
         # dropped older ones do not make it hold more.
-        newest = sorted(merged.values(), key=lambda e: (-e.record.expires, e.record.author, e.record.name))
-        result.entries = newest[: self.config.max_entries_per_key]
+        result.entries = newest_first(merged.values())[: self.config.max_entries_per_key]
         return result
-
-    @staticmethod
-    def _merge_entries(merged: dict, entries: tuple[Entry, ...] | list[Entry]) -> None:
-        for item in entries:
-            ident = (item.record.author, item.record.name)
-            held = merged.get(ident)
-            if held is None or item.record.seq > held.record.seq:
-                merged[ident] = item
 
     # ------------------------------------------------------------- serving peers
     def local_value(self, key: bytes, offset: int = 0) -> bytes | None:

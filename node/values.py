@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -80,6 +81,20 @@ class Entries:
     entries: tuple[Entry, ...]
     next_offset: int | None
     """Where the next page starts, or None when this was the last one."""
+
+
+def merge_entries(merged: dict[tuple[bytes, bytes], Entry], entries: Iterable[Entry]) -> None:
+    """Fold entries into ``merged``, keeping each (author, name)'s highest sequence number."""
+    for item in entries:
+        ident = (item.record.author, item.record.name)
+        held = merged.get(ident)
+        if held is None or item.record.seq > held.record.seq:
+            merged[ident] = item
+
+
+def newest_first(entries: Iterable[Entry]) -> list[Entry]:
+    """Latest expiry first (authors re-sign as they republish), then author and name."""
+    return sorted(entries, key=lambda e: (-e.record.expires, e.record.author, e.record.name))
 
 
 def encode_bundle(entries: list[bytes], next_offset: int | None) -> bytes:

@@ -86,6 +86,7 @@ from aether.storage.store import (
 )
 
 from .conftest import QUIET
+from .test_store import assert_accounting as assert_totals
 
 ALICE = Identity.generate()
 BOB = Identity.generate()
@@ -379,23 +380,9 @@ def put(s: Store, author: bytes = A1, name: bytes = b"t#1", value: bytes = b"v1"
                        now=now)
 
 
-def sql_sums(path: Path) -> tuple[int, dict[str, int]]:
-    """SUM(size) over values_ and entries, by an independent connection."""
-    c = sqlite3.connect(path)
-    try:
-        by_role: dict[str, int] = {}
-        for table in ("values_", "entries"):
-            for role, size in c.execute(f"SELECT role, SUM(size) FROM {table} GROUP BY role"):
-                by_role[role] = by_role.get(role, 0) + size
-    finally:
-        c.close()
-    return sum(by_role.values()), by_role
-
-
 def assert_accounting(s: Store) -> None:
-    total, by_role = sql_sums(s.path)
-    assert s.used_bytes() == total
-    assert s.used_bytes_by_role() == {r: by_role.get(r, 0) for r in ("own", "replica", "cache")}
+    """The store's totals match its rows, and each entry is charged what the schema says."""
+    assert_totals(s)
     bad = s._conn.execute(
         "SELECT COUNT(*) FROM entries WHERE size != length(key) + length(author) + length(name) + length(value) + ?",
         (ROW_OVERHEAD,),

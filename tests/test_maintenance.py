@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 from kademlia.node import Node
@@ -14,16 +13,7 @@ from aether.crypto.records import create_record
 from aether.node.values import block_key
 from aether.simulations.network import address_of, join_all, local_network, start_node, stop_all
 
-from .conftest import QUIET
-
-
-async def wait_for(predicate, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
+from .conftest import QUIET, wait_for
 
 
 async def test_a_contact_survives_a_lost_reply_and_is_dropped_after_repeated_failures(tmp_path):

@@ -30,7 +30,7 @@ from aether.node.server import AetherNode
 from aether.node.values import check_value
 from aether.simulations.network import address_of, local_network, start_node, stop_all
 
-from .conftest import QUIET
+from .conftest import QUIET, wait_for
 from .corpus import corpus, invalid_corpus
 
 SIZE = 24
@@ -93,15 +93,6 @@ def count_calls(monkeypatch, node: AetherNode, method: str) -> list:
 
     monkeypatch.setattr(node, method, counting)
     return calls
-
-
-async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 async def next_second() -> None:

@@ -41,12 +41,16 @@ def store(tmp_path: Path):
 
 
 def sql_sums(path: Path) -> tuple[int, dict[str, int]]:
-    """SUM(size) computed from the rows by an independent connection."""
-    with sqlite3.connect(path) as c:
-        total = c.execute("SELECT COALESCE(SUM(size), 0) FROM values_").fetchone()[0]
-        by_role = dict(c.execute("SELECT role, SUM(size) FROM values_ GROUP BY role").fetchall())
-    c.close()
-    return total, by_role
+    """SUM(size) over values_ and entries, computed from the rows by an independent connection."""
+    c = sqlite3.connect(path)
+    try:
+        by_role: dict[str, int] = {}
+        for table in ("values_", "entries"):
+            for role, size in c.execute(f"SELECT role, SUM(size) FROM {table} GROUP BY role"):
+                by_role[role] = by_role.get(role, 0) + size
+    finally:
+        c.close()
+    return sum(by_role.values()), by_role
 
 
 def assert_accounting(s: Store) -> None:
