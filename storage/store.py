@@ -34,11 +34,12 @@ from pathlib import Path
 
 __all__ = [
     "BLOCK",
+    "Eviction",
     "KEY_LEN",
     "MIGRATIONS",
     "RECORD",
+    "RESERVED_BYTES",
     "ROLES",
-    "ROW_OVERHEAD",
     "SCHEMA_V1",
     "SCHEMA_VERSION",
     "PutResult",
@@ -46,6 +47,9 @@ __all__ = [
     "StoreError",
     "StoredEntry",
     "StoredValue",
+    "Usage",
+    "entry_charge",
+    "value_charge",
 ]
 
 #: Value kinds. A block is immutable content addressed by its hash; a record is mutable,
@@ -62,21 +66,77 @@ _ROLE_RANK = {"cache": 0, "replica": 1, "own": 2}
 #: DHT keys are 160-bit Kademlia IDs.
 KEY_LEN = 20
 
-#: Bytes charged per row on top of ``len(key) + len(value)``. An estimate of what SQLite
-#: really spends on a row: the key a second time in the primary-key index, the b-tree
-#: cell headers, and the fixed columns (kind, size, seq, four timestamps, role, pin).
-#: It keeps the quota honest for many tiny values (a million empty values are not free).
-ROW_OVERHEAD = 64
+#: What a row costs on disk besides its blobs: the fixed columns and the record header.
+#: Measured, with the index constants below, so that a row's charge matches the pages
+#: SQLite really fills (tests/test_store.py checks the sum against the file).
+_VALUE_COLUMNS = 45
+_ENTRY_COLUMNS = 50
+#: Index cells cost their indexed bytes plus rowid and header, at a b-tree fill below 1.
+_INDEX_CELL = 12
+_INDEX_FILL = 1.15
+
+
+def _table_charge(payload: int, page_size: int) -> int:
+    """Bytes a table row of ``payload`` bytes takes in a rowid b-tree of ``page_size`` pages.
+
+    SQLite keeps up to ``page_size - 35`` bytes of a row in its leaf cell and the
+    rest in whole overflow pages (file format, "Cell Payload Overflow Pages"); a
+    leaf page holds as many whole cells as fit, so a 2.1 KiB cell takes a 4 KiB
+    leaf page of its own. Rows are appended in rowid order, so leaves are full.
+    """
+    usable = page_size
+    max_local = usable - 35
+    min_local = (usable - 12) * 32 // 255 - 23
+    if payload <= max_local:
+        local, overflow = payload, 0
+    else:
+        spill = min_local + (payload - min_local) % (usable - 4)
+        local = spill if spill <= max_local else min_local
+        overflow = -(-(payload - local) // (usable - 4))
+    cell = local + 6 + (4 if overflow else 0)
+    per_leaf = max(1, (usable - 8) // (cell + 2))
+    return -(-usable // per_leaf) + overflow * usable
+
+
+def _index_charge(*indexed: int) -> int:
+    return sum(round((n + _INDEX_CELL) * _INDEX_FILL) for n in indexed)
+
+
+def value_charge(key_len: int, value_len: int, page_size: int = 4096) -> int:
+    """Bytes a block or record of these sizes is charged against the quota: its real disk use.
+
+    The row plus its three index entries (key, expiry, republish time); the expiry
+    index entry is charged even for values that never expire, so that pinning does
+    not change a charge.
+    """
+    return _table_charge(key_len + value_len + _VALUE_COLUMNS, page_size) + _index_charge(key_len, 8, 8)
+
+
+def entry_charge(key_len: int, author_len: int, name_len: int, value_len: int, page_size: int = 4096) -> int:
+    """Bytes an entry is charged: the row and its four index entries (as ``value_charge``)."""
+    ident = key_len + author_len + name_len
+    return _table_charge(ident + value_len + _ENTRY_COLUMNS, page_size) + _index_charge(ident, key_len + 8, 8, 8)
+
 
 ACCESS_GRANULARITY = 60.0
 """Seconds within which repeated reads of a value update its last access time once."""
 
 #: The schema version this program writes; see MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Truncate the WAL file back to this size after a checkpoint, so a burst of writes
 #: does not leave a large file behind (1,000 nodes share one disk in simulations).
-_JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+_JOURNAL_SIZE_LIMIT = 1024 * 1024
+#: Pages written to the WAL before it is copied back into the database: 1 MiB of 4 KiB
+#: pages, so the log stays within the reserve below even on a phone's small quota.
+_WAL_PAGES = 256
+
+#: Disk the store takes beyond its rows' charges, reserved out of any quota: the
+#: write-ahead log (up to its size limit, and a checkpoint's worth more while it is
+#: being copied back) and the fixed pages (schema, meta, saved contacts).
+RESERVED_BYTES = 2 * _JOURNAL_SIZE_LIMIT + 256 * 1024
+
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: free pages are returned on request
 
 _USED_PREFIX = "used_bytes."
 _RESERVED_META = frozenset({"schema_version", *(_USED_PREFIX + r for r in ROLES)})
@@ -190,9 +250,29 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX links_grp ON links(grp)")
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """v4: each row is charged what it really takes on disk (``value_charge``, ``entry_charge``).
+
+    The accounting triggers move the per-role totals along with each new size.
+    """
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    rows = conn.execute("SELECT rowid, length(key), length(value) FROM values_").fetchall()
+    conn.executemany(
+        "UPDATE values_ SET size = ? WHERE rowid = ?",
+        [(value_charge(k, v, page), rowid) for rowid, k, v in rows],
+    )
+    rows = conn.execute(
+        "SELECT rowid, length(key), length(author), length(name), length(value) FROM entries"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE entries SET size = ? WHERE rowid = ?",
+        [(entry_charge(k, a, n, v, page), rowid) for rowid, k, a, n, v in rows],
+    )
+
+
 #: MIGRATIONS[i] takes a database from version i + 1 to version i + 2. All pending
 #: migrations run in one transaction at open: a crash leaves the old version intact.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1_to_2, _migrate_2_to_3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4)
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -224,11 +304,8 @@ class StoredValue:
     role: str
     pinned: bool
     last_access: float | None
-
-    @property
-    def size(self) -> int:
-        """Bytes this row is charged against the quota."""
-        return len(self.key) + len(self.value) + ROW_OVERHEAD
+    size: int = 0
+    """Bytes this row is charged against the quota (``value_charge``)."""
 
 
 @dataclass(frozen=True)
@@ -246,10 +323,8 @@ class StoredEntry:
     role: str
     pinned: bool
     last_access: float | None
-
-    @property
-    def size(self) -> int:
-        return len(self.key) + len(self.author) + len(self.name) + len(self.value) + ROW_OVERHEAD
+    size: int = 0
+    """Bytes this row is charged against the quota (``entry_charge``)."""
 
     @property
     def ident(self) -> tuple[bytes, bytes, bytes]:
@@ -257,20 +332,51 @@ class StoredEntry:
         return (self.key, self.author, self.name)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Where the store's charged bytes go."""
+
+    by_role: dict[str, int]
+    pinned: int
+    """Own and pinned data: never evicted."""
+    evictable: int
+    """Unpinned replicas and cached copies."""
+    file_bytes: int
+    """The database files on disk, write-ahead log included."""
+
+    @property
+    def used(self) -> int:
+        return sum(self.by_role.values())
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """What ``Store.make_room`` did."""
+
+    freed: int
+    expired: int
+    cached: int
+    replicas: int
+    fits: bool
+
+
 _COLS = "key, kind, value, seq, expires, stored_at, republished_at, role, pinned, last_access"
 _ENTRY_COLS = "key, author, name, value, seq, expires, stored_at, republished_at, role, pinned, last_access"
+#: What reads select: the written columns and the charge.
+_READ_COLS = _COLS + ", size"
+_READ_ENTRY_COLS = _ENTRY_COLS + ", size"
 
 
 def _row_to_entry(row: tuple) -> StoredEntry:
-    key, author, name, value, seq, expires, stored_at, republished_at, role, pinned, last_access = row
+    key, author, name, value, seq, expires, stored_at, republished_at, role, pinned, last_access, size = row
     return StoredEntry(
         bytes(key), bytes(author), bytes(name), bytes(value), seq, expires, stored_at,
-        republished_at, role, bool(pinned), last_access,
+        republished_at, role, bool(pinned), last_access, size,
     )
 
 
 def _row_to_value(row: tuple) -> StoredValue:
-    key, kind, value, seq, expires, stored_at, republished_at, role, pinned, last_access = row
+    key, kind, value, seq, expires, stored_at, republished_at, role, pinned, last_access, size = row
     return StoredValue(
         key=bytes(key),
         kind=kind,
@@ -282,6 +388,7 @@ def _row_to_value(row: tuple) -> StoredValue:
         role=role,
         pinned=bool(pinned),
         last_access=last_access,
+        size=size,
     )
 
 
@@ -349,15 +456,24 @@ class Store:
             raise self._error(e) from e
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            # Takes effect only on a database with no table yet (a new one); must come first.
+            conn.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {sync}")
             conn.execute(f"PRAGMA cache_size = {-cache_kib}")
             conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._conn = conn
             self._open_schema()
+            self.page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+                # Databases made before v4: free pages can only go back to the
+                # file system once incremental vacuum is on, which takes a VACUUM.
+                conn.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+                conn.execute("VACUUM")
         except BaseException as e:
             self._conn = None
             conn.close()
@@ -511,7 +627,7 @@ class Store:
             raise ValueError("a block has no seq")
         expires = _check_time(expires, "expires")
         now = time.time() if now is None else _check_time(now, "now")
-        size = len(key) + len(value) + ROW_OVERHEAD
+        size = value_charge(len(key), len(value), self.page_size)
         pin = 1 if pinned else 0
 
         with self._tx() as c:
@@ -558,7 +674,7 @@ class Store:
         """
         _check_key(key)
         with self._read() as c:
-            row = c.execute(f"SELECT {_COLS} FROM values_ WHERE key = ?", (key,)).fetchone()
+            row = c.execute(f"SELECT {_READ_COLS} FROM values_ WHERE key = ?", (key,)).fetchone()
             if row is None:
                 return None
             sv = _row_to_value(row)
@@ -611,10 +727,29 @@ class Store:
         """
         now = time.time() if now is None else _check_time(now, "now")
         with self._tx() as c:
-            dropped = c.execute("DELETE FROM values_ WHERE expires <= ?", (now,)).rowcount
-            dropped += c.execute("DELETE FROM entries WHERE expires <= ?", (now,)).rowcount
+            dropped = self._drop_expired(c, now)
+        if dropped:
+            self._release_free_pages()
+        return dropped
+
+    def _release_free_pages(self) -> None:
+        """Give the pages that deletes freed back to the file system (at the next checkpoint).
+
+        Run outside a transaction, as a script: through ``execute`` the pragma
+        frees one page per call.
+        """
+        try:
+            self._db().executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    @staticmethod
+    def _drop_expired(c: sqlite3.Connection, now: float) -> int:
+        dropped = c.execute("DELETE FROM values_ WHERE expires <= ?", (now,)).rowcount
+        dropped += c.execute("DELETE FROM entries WHERE expires <= ?", (now,)).rowcount
+        if dropped:
             c.execute("DELETE FROM links WHERE grp NOT IN (SELECT key FROM entries)")
-            return dropped
+        return dropped
 
     def set_pinned(self, key: bytes, pinned: bool, *, expires: float | None = None, role: str | None = None) -> bool:
         """Pin or unpin a held value, setting its expiry (None: never) and, if given, its role.
@@ -650,7 +785,7 @@ class Store:
 
     def _iter_values(self, role: str | None, batch: int) -> Iterator[StoredValue]:
         where = "key > ?" + (" AND role = ?" if role is not None else "")
-        sql = f"SELECT {_COLS} FROM values_ WHERE {where} ORDER BY key LIMIT ?"
+        sql = f"SELECT {_READ_COLS} FROM values_ WHERE {where} ORDER BY key LIMIT ?"
         last = b""
         while True:
             params: tuple = (last, role, batch) if role is not None else (last, batch)
@@ -700,7 +835,7 @@ class Store:
         older_than = _check_time(older_than, "older_than")
         now = time.time() if now is None else _check_time(now, "now")
         sql = (
-            f"SELECT {_COLS} FROM values_ WHERE republished_at <= ? "
+            f"SELECT {_READ_COLS} FROM values_ WHERE republished_at <= ? "
             "AND (expires IS NULL OR expires > ?)"
         )
         params: list = [now - older_than, now]
@@ -766,7 +901,7 @@ class Store:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
         now = time.time() if now is None else _check_time(now, "now")
-        size = len(key) + len(author) + len(name) + len(value) + ROW_OVERHEAD
+        size = entry_charge(len(key), len(author), len(name), len(value), self.page_size)
         pin = 1 if pinned else 0
         ident = (key, author, name)
         links = [_check_key(b, "block") for b in links]
@@ -837,7 +972,7 @@ class Store:
         t = time.time() if now is None else _check_time(now, "now")
         with self._read() as c:
             rows = c.execute(
-                f"SELECT {_ENTRY_COLS} FROM entries WHERE key = ? AND expires > ? "
+                f"SELECT {_READ_ENTRY_COLS} FROM entries WHERE key = ? AND expires > ? "
                 "ORDER BY expires DESC, author, name LIMIT ? OFFSET ?",
                 (key, t, -1 if limit is None else int(limit), int(offset)),
             ).fetchall()
@@ -848,7 +983,7 @@ class Store:
         _check_key(key)
         with self._read() as c:
             row = c.execute(
-                f"SELECT {_ENTRY_COLS} FROM entries WHERE key = ? AND author = ? AND name = ?", (key, author, name)
+                f"SELECT {_READ_ENTRY_COLS} FROM entries WHERE key = ? AND author = ? AND name = ?", (key, author, name)
             ).fetchone()
         return None if row is None else _row_to_entry(row)
 
@@ -874,7 +1009,7 @@ class Store:
 
     def iter_entries(self, *, role: str | None = None, kind_prefix: bytes | None = None) -> list[StoredEntry]:
         """Every held entry (of one role), in key order; ``kind_prefix`` narrows to names starting with it."""
-        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE 1"
+        sql = f"SELECT {_READ_ENTRY_COLS} FROM entries WHERE 1"
         params: list = []
         if role is not None:
             sql += " AND role = ?"
@@ -891,7 +1026,7 @@ class Store:
         """Unexpired entries last republished at least ``older_than`` seconds ago, most overdue first."""
         older_than = _check_time(older_than, "older_than")
         now = time.time() if now is None else _check_time(now, "now")
-        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE republished_at <= ? AND expires > ?"
+        sql = f"SELECT {_READ_ENTRY_COLS} FROM entries WHERE republished_at <= ? AND expires > ?"
         params: list = [now - older_than, now]
         if role is not None:
             sql += " AND role = ?"
@@ -926,6 +1061,88 @@ class Store:
         return None if row is None else bytes(row[0])
 
     # -- accounting ----------------------------------------------------------------------
+
+    def usage(self) -> Usage:
+        """What the quota is spent on, for display: per role, pinned, and what could be evicted."""
+        with self._read() as c:
+            pinned = evictable = 0
+            for table in ("values_", "entries"):
+                p, e = c.execute(
+                    f"SELECT COALESCE(SUM(CASE WHEN pinned = 1 OR role = 'own' THEN size END), 0), "
+                    f"COALESCE(SUM(CASE WHEN pinned = 0 AND role != 'own' THEN size END), 0) FROM {table}"
+                ).fetchone()
+                pinned, evictable = pinned + p, evictable + e
+        return Usage(self.used_bytes_by_role(), pinned, evictable, self.file_bytes())
+
+    def make_room(
+        self, needed: int, budget: int, *, near: bytes, keep_closer_than: int | None = None,
+        replicas: bool = True, now: float | None = None,
+    ) -> Eviction:
+        """Evict until ``needed`` more bytes fit in ``budget``, or evict nothing but the expired.
+
+        The order a device's owner expects: expired data, then cached copies,
+        least recently used first, then replicas of the keys farthest from
+        ``near`` (this node's ID; a block counts at its pattern's key). Own and
+        pinned data are never evicted. ``keep_closer_than`` spares replicas
+        whose key is at least that close to ``near`` (a peer's replica must not
+        push out one we are more responsible for); ``replicas=False`` evicts
+        cached copies only. When the candidates cannot free enough, nothing but
+        the expired goes, so a refused write costs the store nothing.
+        """
+        if needed < 0 or budget < 0:
+            raise ValueError(f"needed and budget must be >= 0, got {needed!r}, {budget!r}")
+        _check_key(near, "near")
+        now = time.time() if now is None else _check_time(now, "now")
+        near_int = int.from_bytes(near, "big")
+        with self._tx() as c:
+            expired = self._drop_expired(c, now)
+            over = self._used(c) + needed - budget
+            if over <= 0:
+                return Eviction(0, expired, 0, 0, True)
+            cached: list[tuple[float, str, tuple, int]] = []  # (last access, table, ident, size)
+            for table, ident in (("values_", "key"), ("entries", "key, author, name")):
+                for *names, size, last_access in c.execute(
+                    f"SELECT {ident}, size, COALESCE(last_access, 0) FROM {table} WHERE role = 'cache' AND pinned = 0"
+                ):
+                    cached.append((last_access, table, tuple(names), size))
+            cached.sort(key=lambda v: v[0])
+            far: list[tuple[int, str, tuple, int]] = []  # (distance, table, ident, size)
+            if replicas:
+                for key, size, place in c.execute(
+                    "SELECT v.key, v.size, COALESCE((SELECT grp FROM links WHERE block = v.key LIMIT 1), v.key) "
+                    "FROM values_ v WHERE v.role = 'replica' AND v.pinned = 0"
+                ):
+                    far.append((int.from_bytes(place, "big") ^ near_int, "values_", (key,), size))
+                for key, author, name, size in c.execute(
+                    "SELECT key, author, name, size FROM entries WHERE role = 'replica' AND pinned = 0"
+                ):
+                    far.append((int.from_bytes(key, "big") ^ near_int, "entries", (key, author, name), size))
+                if keep_closer_than is not None:
+                    far = [v for v in far if v[0] > keep_closer_than]
+                far.sort(key=lambda v: v[0], reverse=True)
+            plan: list[tuple[str, tuple]] = []
+            freed = n_cached = 0
+            for i, (_, table, ident, size) in enumerate([*cached, *far]):
+                if freed >= over:
+                    break
+                plan.append((table, ident))
+                freed += size
+                n_cached += i < len(cached)
+            if freed < over:
+                return Eviction(0, expired, 0, 0, False)
+            for table, ident in plan:
+                where = "key = ?" if table == "values_" else "key = ? AND author = ? AND name = ?"
+                c.execute(f"DELETE FROM {table} WHERE {where}", ident)
+            c.execute("DELETE FROM links WHERE grp NOT IN (SELECT key FROM entries)")
+        self._release_free_pages()
+        return Eviction(freed, expired, n_cached, len(plan) - n_cached, True)
+
+    @staticmethod
+    def _used(c: sqlite3.Connection) -> int:
+        row = c.execute(
+            "SELECT COALESCE(SUM(CAST(value AS INTEGER)), 0) FROM meta WHERE name LIKE 'used_bytes.%'"
+        ).fetchone()
+        return int(row[0])
 
     def used_bytes(self) -> int:
         """Bytes charged against the quota: SUM(size) over all rows, in O(1).

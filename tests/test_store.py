@@ -21,12 +21,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from aether.storage.store import (
     BLOCK,
     RECORD,
-    ROW_OVERHEAD,
     SCHEMA_V1,
     SCHEMA_VERSION,
     PutResult,
     Store,
     StoreError,
+    value_charge,
 )
 
 
@@ -122,12 +122,12 @@ def test_migration_from_v1(tmp_path: Path) -> None:
     c.execute(
         "INSERT INTO values_ (key, kind, value, size, seq, expires, stored_at, republished_at, role, pinned) "
         "VALUES (?, 1, ?, ?, NULL, NULL, 100.0, 100.0, 'own', 1)",
-        (k(1), b"block-one", 20 + 9 + ROW_OVERHEAD),
+        (k(1), b"block-one", 93),
     )
     c.execute(
         "INSERT INTO values_ (key, kind, value, size, seq, expires, stored_at, republished_at, role, pinned) "
         "VALUES (?, 2, ?, ?, 4, 500.0, 200.0, 200.0, 'replica', 0)",
-        (k(2), b"rec", 20 + 3 + ROW_OVERHEAD),
+        (k(2), b"rec", 87),
     )
     c.execute("INSERT INTO contacts VALUES (?, '10.0.0.1', 4000, 50.0)", (k(9),))
     c.close()
@@ -143,8 +143,8 @@ def test_migration_from_v1(tmp_path: Path) -> None:
         assert "failures" in cols
         assert s._conn.execute("SELECT failures FROM contacts").fetchone()[0] == 0
         assert s.load_contacts() == [(k(9), "10.0.0.1", 4000)]
-        # Byte totals start from the v1 rows and keep tracking.
-        assert s.used_bytes_by_role() == {"own": 93, "replica": 87, "cache": 0}
+        # Byte totals start from the v1 rows, are recharged at their disk cost by v4, and keep tracking.
+        assert s.used_bytes_by_role() == {"own": value_charge(20, 9), "replica": value_charge(20, 3), "cache": 0}
         s.put(k(3), b"x", kind=BLOCK, role="cache")
         assert_accounting(s)
         assert s.put(k(2), b"rec5", kind=RECORD, role="replica", seq=5) is PutResult.STORED
@@ -184,7 +184,7 @@ def test_record_seq_semantics(store: Store) -> None:
     assert store.put(key, b"v6 longer", kind=RECORD, role="replica", seq=6, expires=50.0) is PutResult.STORED
     v = store.get(key)
     assert (v.value, v.seq, v.expires) == (b"v6 longer", 6, 50.0)
-    assert store.used_bytes() == 20 + len(b"v6 longer") + ROW_OVERHEAD
+    assert store.used_bytes() == value_charge(20, len(b"v6 longer"))
     assert_accounting(store)
 
 
@@ -209,7 +209,7 @@ def test_role_and_pin_precedence(store: Store) -> None:
     assert store.put(k(2), b"bb", kind=BLOCK, role="cache") is PutResult.UNCHANGED
     v = store.get(k(2))
     assert v.role == "replica" and v.pinned  # pin sticks
-    assert store.used_bytes_by_role() == {"own": 85, "replica": 86, "cache": 0}
+    assert store.used_bytes_by_role() == {"own": value_charge(20, 1), "replica": value_charge(20, 2), "cache": 0}
     # a newer record replaces the bytes but keeps the stronger role and the pin
     store.put(k(3), b"r1", kind=RECORD, role="own", seq=1, pinned=True)
     assert store.put(k(3), b"r2", kind=RECORD, role="replica", seq=2) is PutResult.STORED
@@ -236,7 +236,7 @@ def test_expiry_merge_and_drop(store: Store) -> None:
     assert store.drop_expired(now=1000.0) == 2
     assert store.keys() == [k(2)]
     assert_accounting(store)
-    assert store.used_bytes() == 20 + 1 + ROW_OVERHEAD
+    assert store.used_bytes() == value_charge(20, 1)
 
 
 def test_get_touch_contains_delete(store: Store) -> None:
@@ -507,11 +507,8 @@ class AccountingMachine(RuleBasedStateMachine):
     @invariant()
     def totals_match_rows(self) -> None:
         assert_accounting(self.store)
-        bad = self.store._conn.execute(
-            "SELECT COUNT(*) FROM values_ WHERE size != length(key) + length(value) + ?",
-            (ROW_OVERHEAD,),
-        ).fetchone()[0]
-        assert bad == 0
+        rows = self.store._conn.execute("SELECT length(key), length(value), size FROM values_").fetchall()
+        assert [r for r in rows if value_charge(r[0], r[1]) != r[2]] == []
 
     def teardown(self) -> None:
         self.store.close()
