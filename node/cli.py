@@ -326,6 +326,21 @@ def unpin(obj: Context, ref: str, author: str | None, timeout: float) -> None:
     obj.emit(result, f"unpinned {result['hash']}")
 
 
+@cli.command()
+@click.option("--allow-publish", is_flag=True, help="Offer a tool that publishes pattern text signed by this node.")
+@TIMEOUT
+@click.pass_obj
+def mcp(obj: Context, allow_publish: bool, timeout: float) -> None:
+    """Serve the home's daemon to AI tools: the Model Context Protocol on stdio.
+
+    Tools search, fetch and list patterns and show the node's status; the
+    daemon need not run yet (each tool call says so until it does).
+    """
+    from aether.node.mcp_server import serve
+
+    _guard(lambda: serve(obj.home.path, allow_publish=allow_publish, timeout=timeout))
+
+
 def _guard(action: Any) -> Any:
     try:
         return action()
