@@ -16,6 +16,7 @@ from aether.node.control import ControlError
 from aether.node.entries import Summary
 from aether.node.pattern import PatternError
 from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, PatternNotFound
+from aether.node.server import QuotaExceeded
 
 NETWORK_OPS = frozenset({"publish", "fetch", "search", "history", "pin"})
 """Operations that need peers; ``ls`` and ``unpin`` work on the local store alone."""
@@ -109,9 +110,24 @@ async def _whoami(library: PatternLibrary, args: dict) -> dict[str, Any]:
     }
 
 
+async def _set_quota(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    quota = args.get("bytes")
+    if isinstance(quota, bool) or not isinstance(quota, int) or quota <= 0:
+        raise ValueError(f"bytes must be a positive whole number, got {quota!r}")
+    node = library.node
+    eviction = node.set_quota(quota)
+    usage = node.store.usage()
+    return {
+        "quota": quota, "used": usage.used, "pinned": usage.pinned,
+        "evicted": {"bytes": eviction.freed, "expired": eviction.expired, "cached": eviction.cached,
+                    "replicas": eviction.replicas},
+        "over_by": max(0, usage.used - node.budget),
+    }
+
+
 OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
     "publish": _publish, "fetch": _fetch, "search": _search, "history": _history,
-    "ls": _ls, "pin": _pin, "unpin": _unpin, "whoami": _whoami,
+    "ls": _ls, "pin": _pin, "unpin": _unpin, "whoami": _whoami, "set-quota": _set_quota,
 }
 
 
@@ -128,5 +144,7 @@ async def handle(library: PatternLibrary, op: str, args: dict) -> dict[str, Any]
         raise ControlError("ambiguous", str(exc)) from None
     except PatternNotFound as exc:
         raise ControlError("not-found", str(exc)) from None
+    except QuotaExceeded as exc:
+        raise ControlError("quota", str(exc)) from None
     except ValueError as exc:
         raise ControlError("bad-request", str(exc)) from None

@@ -45,8 +45,11 @@ class NodeConfig:
     rpc_timeout_initial: float = 1.0
     rpc_timeout_min: float = 0.2
     rpc_timeout_max: float = 5.0
-    max_replica_bytes: int = 1 << 30
-    """Bytes of other nodes' data this node accepts before answering STORE with "full"."""
+    quota_bytes: int = 10**9
+    """Disk the node's store may take, everything counted (the device profile sets it).
+
+    Past it, replicas and cached copies are evicted for new data; when nothing
+    more can go, a peer's STORE is answered "full" and a local publish refused."""
     handoff_delay: float = 0.5
     """Seconds new contacts are gathered before one pass hands them the values they should hold."""
     max_entries_per_key: int = 64
@@ -65,7 +68,7 @@ class NodeConfig:
             raise ConfigError("max_pattern_bytes must be at most 1572864 (256 blocks of 6 KiB)")
         if not self.rpc_timeout_min <= self.rpc_timeout_initial <= self.rpc_timeout_max:
             raise ConfigError("need rpc_timeout_min <= rpc_timeout_initial <= rpc_timeout_max")
-        for name in ("ksize", "alpha", "stale_after_failures", "max_replica_bytes", "max_entries_per_key",
+        for name in ("ksize", "alpha", "stale_after_failures", "quota_bytes", "max_entries_per_key",
                      "max_pattern_bytes"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number")

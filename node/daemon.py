@@ -64,6 +64,7 @@ async def running_node(home: Home, settings: DaemonSettings, listen: tuple[str, 
     except StoreError as exc:
         raise DaemonError(str(exc)) from None
     node = AetherNode(home.identity(), store, settings.node)
+    node.light = settings.role == "light"
     try:
         host, port = listen
         try:

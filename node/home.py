@@ -21,6 +21,7 @@ from aether.storage.store import Store
 HOME_ENV = "AETHER_HOME"
 DEFAULT_PORT = 7411
 CONFIG_NAME = "config.toml"
+ROLES = ("auto", "full", "light")
 DB_NAME = "node.db"
 
 CONFIG_TEMPLATE = f"""\
@@ -31,6 +32,8 @@ CONFIG_TEMPLATE = f"""\
 listen = "0.0.0.0:{DEFAULT_PORT}"
 # Peers to join through, besides the contacts saved at the last run.
 bootstrap = []
+# "full" holds replicas for the network; "light" only looks up, fetches and publishes.
+# role = "auto"
 
 [node]
 # ksize = 20                    # replication factor and bucket size
@@ -40,7 +43,7 @@ bootstrap = []
 # refresh_interval = 3600
 # expire_interval = 300
 # contacts_save_interval = 60
-# max_replica_bytes = 1073741824
+# quota_bytes = 1000000000      # disk the store may take, everything counted
 # max_entries_per_key = 64      # index entries one shared key holds (newest kept)
 # max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)
 """
@@ -55,6 +58,8 @@ class DaemonSettings:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     node: NodeConfig = field(default_factory=NodeConfig)
+    role: str = "auto"
+    """full, light, or auto (from the device)."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -128,9 +133,12 @@ class Home:
             listen = parse_address(daemon.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))
             bootstrap = [parse_address(a) for a in daemon.get("bootstrap", [])]
             node = NodeConfig.from_mapping(data.get("node", {}))
+            role = daemon.get("role", "auto")
+            if role not in ROLES:
+                raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         except (ValueError, TypeError, AttributeError, ConfigError) as exc:
             raise HomeError(f"{self.config_path}: {exc}") from None
-        return DaemonSettings(listen, bootstrap, node)
+        return DaemonSettings(listen, bootstrap, node, role)
 
     def open_store(self) -> Store:
         return Store(self.db_path)

@@ -53,6 +53,9 @@ class LookupResult:
     candidates: list[Node] = field(default_factory=list)
     """The k closest peers known when the lookup ended, asked or not, nearest first
     (a lookup that stops at its first holder has asked only a few of them)."""
+    beyond: list[Node] = field(default_factory=list)
+    """Peers past the k closest that the lookup met, nearest first: where a replica
+    goes when one of the k closest refuses it (its quota is full)."""
     more: list[tuple[Node, int]] = field(default_factory=list)
     """Holders that have more entries than one page, with where their next page starts."""
     messages: int = 0
@@ -220,6 +223,9 @@ class Lookup:
         answered = sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance)
         self.result.closest = [e.node for e in answered[: self.k]]
         self.result.candidates = [e.node for e in self._closest_live()]
+        closest = {n.id for n in self.result.closest}
+        live = sorted((e for e in self.entries.values() if e.state != _FAILED), key=lambda e: e.distance)
+        self.result.beyond = [e.node for e in live if e.node.id not in closest][: self.k]
         if not self.result.hops and answered:
             self.result.hops = max(e.depth for e in answered[: self.k])
         self.result.without_value.sort(key=lambda n: n.long_id ^ self.target_long)

@@ -27,15 +27,17 @@ from aether.crypto.records import SignedRecord, create_record
 from aether.node import entries as E
 from aether.node.chunks import Manifest, ManifestError, assemble, split
 from aether.node.pattern import PATTERN_ID, Pattern, parse_pattern
-from aether.node.server import AetherNode, next_seq
+from aether.node.server import REFUSED_ELSEWHERE, AetherNode, charge_of, next_seq
 from aether.node.values import Entry, ValueRejected, check_value
-from aether.storage.store import BLOCK, StoredEntry
+from aether.storage.store import BLOCK, StoredEntry, value_charge
 
 HASH = re.compile(r"[0-9a-f]{64}")
 MAX_PARALLEL_STORES = 24
 """Block STOREs in flight while placing a pattern: a 1 MiB pattern is 171 blocks × k nodes,
 more than a receiver's socket buffer takes at once."""
 STORE_ATTEMPTS = 3
+#: What a head record's history (up to MAX_HISTORY earlier hashes and times) adds to it.
+HEAD_HISTORY_BYTES = E.MAX_HISTORY * 48
 MAX_PARALLEL_PULLS = 16
 
 
@@ -98,6 +100,13 @@ class Held:
     complete: bool
 
 
+def _charge(record: SignedRecord) -> int:
+    """What holding one of our entries costs against the quota."""
+    key = record.topic_key
+    assert key is not None
+    return charge_of(Entry(key, record.encode(), record))
+
+
 def is_hash(ref: str) -> bool:
     return HASH.fullmatch(ref) is not None
 
@@ -147,6 +156,12 @@ class PatternLibrary:
                           E.encode_summary(summary), ttl)
             for term in terms
         ]
+        # Room for all of it first, so a publish past the quota stores nothing. The
+        # head is signed later (it carries the history): it is charged as the
+        # manifest with a full history.
+        needed = sum(value_charge(len(k), len(b)) for k, b in zip(manifest.blocks, blocks) if not self.store.contains(k))
+        needed += sum(_charge(r) for r in [manifest_record, *index_records]) + _charge(manifest_record) + HEAD_HISTORY_BYTES
+        self.node.reserve_own(f"publishing {pattern.id} ({len(data):,} bytes)", needed)
         # Held here first, pinned: the pattern is safe on this node before the network sees it.
         for block_key, block in zip(manifest.blocks, blocks):
             self.store.put(block_key, block, kind=BLOCK, role="own", pinned=True)
@@ -174,7 +189,7 @@ class PatternLibrary:
         if previous is None:
             # First publication from this node's store: an earlier one may still be on the network.
             found = await self.node.get_entries(head_key)
-            placement = found.closest
+            placement = found
             previous = next((e.record for e in found.entries if e.record.author == self.me
                              and e.record.kind == E.HEAD_KIND), None)
         history: tuple[tuple[str, int], ...] = ()
@@ -192,7 +207,7 @@ class PatternLibrary:
             next_seq(previous.seq if previous is not None else 0),
             E.encode_summary(replace(summary, history=history)), ttl,
         )
-        await self.node.put_entry(record, closest=placement)
+        await self.node.put_entry(record, placement=placement)
 
     def _held_seq(self, key: bytes, name: bytes) -> int:
         held = self.store.entry(key, self.me, name)
@@ -220,25 +235,32 @@ class PatternLibrary:
         checked = check_value(key, record.encode())
         assert isinstance(checked, Entry)
         self.node.keep_entry(checked, role="own", pinned=True)
-        closest = (await self.node.lookup(key)).closest
+        found = await self.node.lookup(key)
+        targets, spares = self.node.replica_targets(found.closest, found.beyond)
 
-        async def put(node: Node, block_key: bytes, block: bytes) -> bool:
+        async def put(node: Node, block_key: bytes, block: bytes) -> str | None:
+            """None once stored, else why not."""
             for _ in range(STORE_ATTEMPTS):
                 async with self._stores:
                     ok, body = await self.node.protocol.call_store(node, block_key, block)
                 if ok:
-                    return not (isinstance(body, dict) and "error" in body)
-            return False
+                    return self.node.refusal(node, body)
+            return "unreachable"
 
-        async def put_all(node: Node) -> bool:
+        async def put_all(node: Node | None) -> bool:
             # Manifest and blocks together: a holder links blocks to the pattern
             # whichever arrives first (the links table), so no round is spent waiting.
-            results = await asyncio.gather(
-                put(node, key, checked.data), *(put(node, k, b) for k, b in zip(manifest.blocks, blocks))
-            )
-            return all(results)
+            # A node with no room passes its copy to the next closest node.
+            while node is not None:
+                outcomes = await asyncio.gather(
+                    put(node, key, checked.data), *(put(node, k, b) for k, b in zip(manifest.blocks, blocks))
+                )
+                if all(o is None for o in outcomes):
+                    return True
+                node = next(spares, None) if REFUSED_ELSEWHERE.intersection(outcomes) else None
+            return False
 
-        complete = await asyncio.gather(*(put_all(n) for n in closest))
+        complete = await asyncio.gather(*(put_all(n) for n in targets))
         return sum(complete), time.perf_counter() - started
 
     # ------------------------------------------------------------------ fetch
@@ -377,9 +399,13 @@ class PatternLibrary:
     async def _cache(self, key: bytes, manifests: list, manifest: Manifest, data: bytes) -> None:
         """A fetched pattern is kept for a while and served to others, as Kademlia's caching asks."""
         expires = time.time() + self.node.config.cache_ttl
+        blocks = [(k, b) for k, b in zip(manifest.blocks, _split_blocks(data)) if not self.store.contains(k)]
+        needed = sum(charge_of(entry) for entry, _ in manifests) + sum(value_charge(len(k), len(b)) for k, b in blocks)
+        if not self.node.make_room(needed, role="cache"):
+            return  # a cache never pushes out replicas or our own data
         for entry, _ in manifests:
             self.node.keep_entry(entry, role="cache")
-        for block_key, block in zip(manifest.blocks, _split_blocks(data)):
+        for block_key, block in blocks:
             self.store.put(block_key, block, kind=BLOCK, role="cache", expires=expires)
 
     async def _manifests(self, pattern_hash: str) -> list[Authored]:
@@ -456,6 +482,8 @@ class PatternLibrary:
         """Keep a pattern here for good and keep it findable: a copy signed as a mirror by this node."""
         fetched = await self.fetch(ref, author)
         manifest, blocks = split(fetched.data)
+        needed = sum(value_charge(len(k), len(b)) for k, b in zip(manifest.blocks, blocks) if not self.store.contains(k))
+        self.node.reserve_own(f"pinning {fetched.summary.id} ({len(fetched.data):,} bytes)", needed)
         for block_key, block in zip(manifest.blocks, blocks):
             self.store.put(block_key, block, kind=BLOCK, role="cache")
             self.store.set_pinned(block_key, True, expires=None)

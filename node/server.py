@@ -16,12 +16,13 @@ home so that a restarted node rejoins without being told where.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from kademlia.network import Server
 from kademlia.node import Node
@@ -36,7 +37,9 @@ from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
     merge_entries, newest_first,
 )
-from aether.storage.store import BLOCK, RECORD, PutResult, Store, StoredEntry, StoredValue
+from aether.storage.store import (
+    BLOCK, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoredEntry, StoredValue, entry_charge, value_charge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,31 @@ def random_id_in(id_range: tuple[int, int]) -> bytes:
     return random.randint(low, min(high, 2**160 - 1)).to_bytes(20, "big")
 
 
+class QuotaExceeded(Exception):
+    """Our own data does not fit the quota even with every replica and cached copy evicted."""
+
+    def __init__(self, what: str, needed: int, node: AetherNode):
+        usage = node.store.usage()
+        self.needed = needed
+        super().__init__(
+            f"{what} needs {needed:,} bytes, but the quota of {node.config.quota_bytes:,} bytes "
+            f"({node.budget:,} for data after the database's reserve) already holds {usage.pinned:,} bytes "
+            f"of own and pinned data; raise the quota with `aether-node storage set SIZE` or unpin patterns"
+        )
+
+
+FULL = "full"
+"""The error a STORE gets from a node with no room left: the value belongs on the next closest node."""
+LIGHT = "light"
+"""The error a STORE gets from a light client (a phone, a device on battery): it holds no replicas."""
+REFUSED_ELSEWHERE = frozenset({FULL, LIGHT})
+"""Refusals that send the value on to the next closest node."""
+LIGHT_MEMORY = 600.0
+"""Seconds a peer that answered "light" is not offered replicas (it may be plugged in by then)."""
+KEY_FULL = "key-full"
+"""The error for an entry older than all those a shared key already holds at its limit."""
+
+
 @dataclass
 class PutReport:
     """What a publish achieved: how many peers hold the value, who refused and why."""
@@ -67,6 +95,14 @@ class PutReport:
     lookup: LookupResult | None = None
     accepted: list[Node] = field(default_factory=list)
     """The nodes that acknowledged the STORE."""
+
+
+def charge_of(checked: Block | Record | Entry) -> int:
+    """What holding a checked value costs against the quota."""
+    if isinstance(checked, Entry):
+        record = checked.record
+        return entry_charge(len(checked.key), len(record.author), len(record.name), len(checked.data))
+    return value_charge(len(checked.key), len(checked.data))
 
 
 class AetherNode(Server):
@@ -82,7 +118,10 @@ class AetherNode(Server):
         self._jobs: list[asyncio.Task] = []
         self._newcomers: dict[bytes, Node] = {}
         self._saved_contacts: list[tuple[bytes, str, int]] = []
-        self._used, self._used_read_at = 0, float("-inf")
+        self._used = store.used_bytes()
+        self.light = False
+        """A light client looks up, fetches and publishes, but holds no replicas and hands none off."""
+        self._light_peers: dict[bytes, float] = {}
         self._hand_off_task: asyncio.Future | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -214,7 +253,8 @@ class AetherNode(Server):
         return data
 
     async def _cache(self, key: bytes, data: bytes) -> None:
-        self.store.put(key, data, kind=BLOCK, role="cache", expires=time.time() + self.config.cache_ttl)
+        if self.store.contains(key) or self.make_room(value_charge(len(key), len(data)), role="cache"):
+            self.store.put(key, data, kind=BLOCK, role="cache", expires=time.time() + self.config.cache_ttl)
 
     # ------------------------------------------------------------- records
     async def put_record(self, record: SignedRecord) -> PutReport:
@@ -250,7 +290,8 @@ class AetherNode(Server):
                 best = local.record
         if best is not None:
             data = best.encode()
-            self.store.put(key, data, kind=RECORD, role="cache", seq=best.seq, expires=best.expires)
+            if self.store.contains(key) or self.make_room(value_charge(len(key), len(data)), role="cache"):
+                self.store.put(key, data, kind=RECORD, role="cache", seq=best.seq, expires=best.expires)
             for node in result.stale + result.without_value[:1]:
                 self.background(self.protocol.call_store(node, key, data))
         return best
@@ -270,7 +311,7 @@ class AetherNode(Server):
             role=role, pinned=pinned, limit=self.config.max_entries_per_key, links=links,
         )
 
-    async def put_entry(self, record: SignedRecord, *, closest: list[Node] | None = None) -> PutReport:
+    async def put_entry(self, record: SignedRecord, *, placement: LookupResult | None = None) -> PutReport:
         """Hold one of our entries here, pinned, and store it on the k nodes closest to its topic."""
         key = record.topic_key
         if key is None:
@@ -282,10 +323,10 @@ class AetherNode(Server):
         if outcome in (PutResult.REFUSED_OLDER, PutResult.REFUSED_CONFLICT):
             raise ValueRejected("older", f"an entry with sequence number >= {record.seq} is already held")
         if outcome is PutResult.REFUSED_FULL:
-            raise ValueRejected("full", "this node holds its limit of newer entries under that key")
-        if closest is None:
+            raise ValueRejected(KEY_FULL, "this node holds its limit of newer entries under that key")
+        if placement is None:
             return await self._replicate(key, data)
-        return await self.store_on(closest, key, data)
+        return await self.store_on(placement.closest, key, data, placement.beyond)
 
     async def get_entries(self, key: bytes, *, first: bool = False, max_pages: int = 4) -> LookupResult:
         """Entries under a shared key from the network and this node, each author's newest per name.
@@ -347,13 +388,17 @@ class AetherNode(Server):
         except ValueRejected as exc:
             self.protocol.stats[f"store_refused_{exc.reason}"] += 1
             return error_reply(exc.reason, str(exc))
-        if self._used_bytes() + len(value) > self.config.max_replica_bytes and not self.store.contains(key):
-            return error_reply("full", "this node's storage for replicas is full")
+        if self.light:
+            self.protocol.stats["store_refused_light"] += 1
+            return error_reply(LIGHT, "this node is a light client and holds no replicas")
+        if not self._holds(checked) and not self.make_room(charge_of(checked), role="replica", place=self._place_of(key)):
+            self.protocol.stats["store_refused_full"] += 1
+            return error_reply(FULL, "this node's storage quota is full")
         now = time.time()
         if isinstance(checked, Entry):
             outcome = self.keep_entry(checked, role="replica")
             if outcome is PutResult.REFUSED_FULL:
-                return error_reply("full", "this key holds its limit of newer entries")
+                return error_reply(KEY_FULL, "this key holds its limit of newer entries")
             if outcome is PutResult.UNCHANGED:
                 record = checked.record
                 self.store.mark_entries_republished([(key, record.author, record.name)], now=now)
@@ -373,12 +418,57 @@ class AetherNode(Server):
             self.store.mark_republished([key], now=now)
         return True
 
-    def _used_bytes(self) -> int:
-        """Bytes held, read from the store at most once a second: every STORE checks it."""
-        now = time.monotonic()
-        if now - self._used_read_at > 1.0:
-            self._used, self._used_read_at = self.store.used_bytes(), now
-        return self._used
+    # ------------------------------------------------------------- quota
+    @property
+    def budget(self) -> int:
+        """Bytes the rows may be charged: the quota less the store's reserve (log, fixed pages)."""
+        return max(0, self.config.quota_bytes - RESERVED_BYTES)
+
+    def make_room(self, needed: int, *, role: str, place: bytes | None = None) -> bool:
+        """Whether ``needed`` more bytes fit the quota, evicting what may go for them.
+
+        ``role`` is what the bytes will be: our own data may push out any
+        replica or cached copy; a peer's replica only replicas farther from us
+        than its ``place`` (and cached copies); a cached copy only other cached
+        copies.
+        """
+        if self._used + needed <= self.budget:
+            self._used += needed  # a running count between exact reads
+            return True
+        self._used = self.store.used_bytes()
+        if self._used + needed <= self.budget:
+            self._used += needed
+            return True
+        keep = None if role == "own" or place is None else int.from_bytes(place, "big") ^ self.node.long_id
+        eviction = self.store.make_room(
+            needed, self.budget, near=self.node.id, keep_closer_than=keep, replicas=role != "cache"
+        )
+        self._used = self.store.used_bytes() + (needed if eviction.fits else 0)
+        if eviction.freed:
+            log.info("evicted %d cached copies and %d replicas (%d bytes) for %d bytes of %s data",
+                     eviction.cached, eviction.replicas, eviction.freed, needed, role)
+        return eviction.fits
+
+    def reserve_own(self, what: str, needed: int) -> None:
+        """Make room for ``needed`` bytes of our own data before writing any of it, or raise QuotaExceeded."""
+        if not self.make_room(needed, role="own"):
+            raise QuotaExceeded(what, needed, self)
+
+    def set_quota(self, quota_bytes: int) -> Eviction:
+        """Change the quota now; a lower one evicts down to it at once (own and pinned data stay)."""
+        self.config = self.config.replace(quota_bytes=quota_bytes)
+        eviction = self.store.make_room(0, self.budget, near=self.node.id)
+        self._used = self.store.used_bytes()
+        return eviction
+
+    def _holds(self, checked: Block | Record | Entry) -> bool:
+        if isinstance(checked, Entry):
+            return self.store.entry(checked.key, checked.record.author, checked.record.name) is not None
+        return self.store.contains(checked.key)
+
+    def _place_of(self, key: bytes) -> bytes:
+        """The key a value lives near: its own, or its pattern's for a block already linked to one."""
+        return self.store.group_of(key) or key
 
     def on_new_contact(self, node: Node) -> None:
         """Hand a newly seen node the values it is now among the closest to.
@@ -388,7 +478,7 @@ class AetherNode(Server):
         contacts at once, and one pass per contact would cost a neighbour query
         per held value each time.
         """
-        if not self.store.has_values():
+        if self.light or not self.store.has_values():
             return
         self._newcomers[node.id] = node
         if self._hand_off_task is None:
@@ -414,6 +504,8 @@ class AetherNode(Server):
     def _hand_off_targets(self, newcomers: list[Node], key: bytes) -> list[Node]:
         """The newcomers now among the k closest to ``key``, if we are the closest other holder."""
         target = Node(key)  # the key itself, not a hash of it
+        now = time.monotonic()
+        newcomers = [n for n in newcomers if self._light_peers.get(n.id, 0.0) <= now]
         ids = {n.id for n in newcomers}
         router = self.protocol.router
         # Cheap test first: for most keys we hold, another contact is closer than
@@ -431,30 +523,57 @@ class AetherNode(Server):
     def _placement(self, held: StoredValue | StoredEntry) -> bytes:
         """The key a held value lives near: a block listed by a held manifest lives near its pattern."""
         if isinstance(held, StoredValue) and held.kind == BLOCK:
-            return self.store.group_of(held.key) or held.key
+            return self._place_of(held.key)
         return held.key
 
     # ------------------------------------------------------------- helpers
     async def _replicate(self, key: bytes, value: bytes) -> PutReport:
         """Look up the k nodes closest to ``key`` and store the value on them."""
         result = await self.lookup(key)
-        report = await self.store_on(result.closest, key, value)
+        report = await self.store_on(result.closest, key, value, result.beyond)
         report.lookup = result
         return report
 
-    async def store_on(self, nodes: list[Node], key: bytes, value: bytes) -> PutReport:
-        """STORE one value on each of ``nodes`` at once, and count the outcomes."""
+    async def store_on(self, nodes: list[Node], key: bytes, value: bytes, spares: Iterable[Node] = ()) -> PutReport:
+        """STORE one value on each of ``nodes`` at once, and count the outcomes.
+
+        A node that answers "full" is replaced by the next of ``spares`` (the
+        nodes next closest to the key), so a full node does not cost a replica.
+        """
         report = PutReport(key)
-        replies = await asyncio.gather(*(self.protocol.call_store(n, key, value) for n in nodes))
-        for node, (ok, body) in zip(nodes, replies):
-            if not ok:
-                report.unreachable += 1
-            elif isinstance(body, dict) and "error" in body:
-                report.refused[str(body.get("error"))] += 1
-            else:
-                report.stored += 1
-                report.accepted.append(node)
+        nodes, spare = self.replica_targets(nodes, spares)
+
+        async def store(node: Node | None) -> None:
+            while node is not None:
+                ok, body = await self.protocol.call_store(node, key, value)
+                if not ok:
+                    report.unreachable += 1
+                    return
+                reason = self.refusal(node, body)
+                if reason is None:
+                    report.stored += 1
+                    report.accepted.append(node)
+                    return
+                report.refused[reason] += 1
+                node = next(spare, None) if reason in REFUSED_ELSEWHERE else None
+
+        await asyncio.gather(*(store(n) for n in nodes))
         return report
+
+    def replica_targets(self, nodes: list[Node], spares: Iterable[Node]) -> tuple[list[Node], Iterator[Node]]:
+        """``nodes`` less the peers known to be light, made up from ``spares``; and the spares left."""
+        now = time.monotonic()
+        usable = (n for n in [*nodes, *spares] if self._light_peers.get(n.id, 0.0) <= now)
+        return list(itertools.islice(usable, len(nodes))), usable
+
+    def refusal(self, node: Node, body: Any) -> str | None:
+        """Why a STORE reply refused the value (None if it did not); a light peer is remembered."""
+        if not (isinstance(body, dict) and "error" in body):
+            return None
+        reason = str(body.get("error"))
+        if reason == LIGHT:
+            self._light_peers[node.id] = time.monotonic() + LIGHT_MEMORY
+        return reason
 
     @property
     def busy(self) -> bool:
@@ -534,9 +653,9 @@ class AetherNode(Server):
         for held, value in items:
             by_place.setdefault(self._placement(held), []).append((held, value))
         for place, group in by_place.items():
-            closest = (await self.lookup(place)).closest
+            result = await self.lookup(place)
             for held, value in group:
-                await self.store_on(closest, held.key, value)
+                await self.store_on(result.closest, held.key, value, result.beyond)
                 if isinstance(held, StoredEntry):
                     self.store.mark_entries_republished([held.ident], now=now)
                 else:
@@ -566,6 +685,8 @@ class AetherNode(Server):
         return data
 
     async def replicate_held(self) -> None:
+        if self.light:
+            return  # deferred until the device serves fully again
         now = time.time()
         due: list[StoredValue | StoredEntry] = [
             *self.store.entries_due(self.config.replicate_interval, now=now, role="replica"),

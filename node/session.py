@@ -53,6 +53,7 @@ async def _temporary_node(home: Home, *, network: bool, timeout: float) -> Async
     )
     try:
         async with running_node(home, settings, (settings.listen[0], 0)) as node:
+            node.light = True  # it lives for one command: replicas handed to it would leave with it
             if network:
                 await _join(node, home, settings.bootstrap, timeout)
             library = PatternLibrary(node)

@@ -94,14 +94,15 @@ def init_homes(*homes: Path) -> None:
         assert json.loads(out)["created"] is True
 
 
-def configure(home: Path, bootstrap: list[str] = (), node: dict[str, int] | None = None) -> None:
-    """Listen on loopback, an ephemeral port; the given bootstrap peers; extra [node] settings."""
+def configure(home: Path, bootstrap: list[str] = (), node: dict[str, int] | None = None, role: str = "auto") -> None:
+    """Listen on loopback, an ephemeral port; the given bootstrap peers and role; extra [node] settings."""
     path = home / "config.toml"
     text = path.read_text(encoding="utf-8")
     text, n_listen = re.subn(r'(?m)^listen = ".*"$', 'listen = "127.0.0.1:0"', text)
     peers = ", ".join(f'"{p}"' for p in bootstrap)
     text, n_boot = re.subn(r"(?m)^bootstrap = \[.*\]$", f"bootstrap = [{peers}]", text)
     assert n_listen == 1 and n_boot == 1, text
+    text = text.replace('# role = "auto"', f'role = "{role}"')
     if node:
         settings = "".join(f"{k} = {v}\n" for k, v in node.items())
         text, n_node = re.subn(r"(?m)^\[node\]\n", "[node]\n" + settings, text)
@@ -248,7 +249,7 @@ class Net:
     b: Path
     """Holds replicas of what A publishes."""
     c: Path
-    """Refuses replicas (max_replica_bytes = 1): what it fetches is a cached copy."""
+    """A light client: refuses replicas, so what it fetches is a cached copy."""
     daemons: dict[str, Daemon]
     root: Path
 
@@ -263,7 +264,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):
     init_homes(a, b, c)
     configure(a)
     configure(b)
-    configure(c, node={"max_replica_bytes": 1})
+    configure(c, role="light")
     daemons: dict[str, Daemon] = {}
     try:
         daemons["a"] = Daemon(a)

@@ -1100,7 +1100,7 @@ async def test_store_beyond_the_limit_with_an_older_entry_is_full(pair):
         assert await send_store(sender, target, TOPIC_KEY, record.encode()) is True
     older = entry(Identity.generate(), ttl=600)
     reply = await send_store(sender, target, TOPIC_KEY, older.encode())
-    assert reply["error"] == "full"
+    assert reply["error"] == "key-full"
     assert len(victim.store.entries(TOPIC_KEY)) == 3
     newer = entry(Identity.generate(), ttl=7200)
     assert await send_store(sender, target, TOPIC_KEY, newer.encode()) is True
