@@ -107,6 +107,7 @@ async def test_holders_restore_replicas_after_holders_leave(tmp_path):
             return sum(n.store.contains(key) for n in alive)
 
         assert await wait_for(lambda: replicas() >= 4, timeout=20)
+        assert all(n.store.meta_get("last_replicate") is not None for n in alive), "status reads when this ran"
         reader = [n for n in alive if not n.store.contains(key)][0]
         assert await reader.get_block(key) == b"keep me available"
     finally:
