@@ -9,7 +9,9 @@ and the reply are the same plain data, which is also what ``--json`` prints.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections import Counter
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aether.crypto.identity import node_id_for
 from aether.node.control import ControlError
@@ -18,14 +20,22 @@ from aether.node.pattern import PatternError
 from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, PatternNotFound
 from aether.node.server import QuotaExceeded
 
+if TYPE_CHECKING:
+    from aether.node.daemon import DaemonInfo
+
 NETWORK_OPS = frozenset({"publish", "fetch", "search", "history", "pin"})
-"""Operations that need peers; ``ls`` and ``unpin`` work on the local store alone."""
+"""Operations that need peers; ``ls``, ``unpin``, ``status`` and ``peers`` work on the local node alone."""
+
+
+def iso_date(t: float) -> str:
+    """A Unix time as ISO 8601 UTC to the second, the one date format of every command's output."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def summary_dict(summary: Summary) -> dict[str, Any]:
     return {
         "id": summary.id, "title": summary.title, "hash": summary.hash, "time": summary.time,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(summary.time)), "size": summary.size,
+        "date": iso_date(summary.time), "size": summary.size,
         "type": summary.type, "category": summary.category, "status": summary.status,
     }
 
@@ -76,8 +86,7 @@ async def _history(library: PatternLibrary, args: dict) -> dict[str, Any]:
     return {
         "authors": [
             {"author": head.author_id, "id": head.summary.id, "title": head.summary.title,
-             "versions": [{"hash": h, "time": t, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))}
-                          for h, t in versions]}
+             "versions": [{"hash": h, "time": t, "date": iso_date(t)} for h, t in versions]}
             for head, versions in found
         ]
     }
@@ -129,15 +138,108 @@ OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
     "publish": _publish, "fetch": _fetch, "search": _search, "history": _history,
     "ls": _ls, "pin": _pin, "unpin": _unpin, "whoami": _whoami, "set-quota": _set_quota,
 }
+"""Operations on the pattern library: the same on a daemon and on a temporary node."""
 
 
-async def handle(library: PatternLibrary, op: str, args: dict) -> dict[str, Any]:
-    """Run one operation; every expected failure becomes a ControlError with a reason."""
-    action = OPS.get(op)
-    if action is None:
-        raise ControlError("bad-request", f"unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
+def _no_args(op: str, args: dict) -> None:
+    if args:
+        raise ControlError("bad-request", f"{op} takes no arguments, got {', '.join(map(repr, args))}")
+
+
+def _meta_time(library: PatternLibrary, name: str) -> float | None:
+    value = library.store.meta_get(name)
+    return float(value) if value is not None else None
+
+
+async def _status(library: PatternLibrary, daemon: DaemonInfo | None, args: dict) -> dict[str, Any]:
+    """The node at a glance. Without a daemon (a temporary node) only what the home knows is filled in.
+
+    Every key is always present, ``None`` where it does not apply, so scripts
+    read one shape whether or not the daemon runs.
+    """
+    _no_args("status", args)
+    node = library.node
+    held = library.held()  # the same listing as ``ls``
+    roles = Counter(h.role for h in held)
+    usage = node.store.usage()
+    result: dict[str, Any] = {
+        "running": daemon is not None,
+        "node_id": node.node.id.hex(),
+        "identity": node.identity.public.to_string(),
+        "version": version("aether-node"),
+        "role": None,
+        "storage": {
+            "used_bytes": usage.used,
+            "by_role": usage.by_role,
+            "pinned_bytes": usage.pinned,
+            "evictable_bytes": usage.evictable,
+            "quota_bytes": node.config.quota_bytes,
+        },
+        "patterns": {
+            "held": len(held), "own": roles["own"], "pinned": sum(h.pinned for h in held),
+            "replica": roles["replica"], "cached": roles["cache"],
+        },
+        "last_republish": _meta_time(library, "last_republish"),
+        "last_replicate": _meta_time(library, "last_replicate"),
+        "pid": None, "address": None, "started_at": None, "uptime": None, "peers": None, "network": None,
+    }
+    if daemon is None:
+        return result
+    uptime = time.monotonic() - daemon.started
+    buckets = node.protocol.router.buckets
+    host, port = node.address
+    contacts = len(node.protocol.contacts())
+    result.update(
+        pid=daemon.pid, address=f"{host}:{port}", started_at=time.time() - uptime, uptime=uptime,
+        peers={
+            "contacts": contacts,
+            "buckets_in_use": sum(1 for bucket in buckets if len(bucket)),
+            "buckets": len(buckets),
+        },
+        network=daemon.join.report(contacts),
+        role="light" if node.light else "full",
+    )
+    return result
+
+
+async def _peers(library: PatternLibrary, daemon: DaemonInfo | None, args: dict) -> dict[str, Any]:
+    """Every contact of the routing table, nearest to this node first."""
+    _no_args("peers", args)
+    if daemon is None:
+        raise ControlError(
+            "no-daemon", "no daemon is running: peers are those of a running daemon's routing table; "
+            "start it with `aether-node daemon`",
+        )
+    node = library.node
+    protocol = node.protocol
+    peers = []
+    for contact in sorted(protocol.contacts(), key=node.node.distance_to):
+        address = (contact.ip, contact.port)
+        peers.append({
+            "node_id": contact.id.hex(), "address": f"{contact.ip}:{contact.port}",
+            "rtt": protocol.rtt.srtt(address), "timeout": protocol.rtt.timeout_for(address),
+            "last_seen": protocol.last_seen(contact.id), "failures": protocol.failures(contact.id),
+        })
+    return {"peers": peers}
+
+
+NODE_OPS: dict[str, Callable[[PatternLibrary, DaemonInfo | None, dict], Awaitable[dict[str, Any]]]] = {
+    "status": _status, "peers": _peers,
+}
+"""Operations about the running node: what only a daemon knows comes from ``daemon``, None on a temporary node."""
+
+
+async def handle(library: PatternLibrary, op: str, args: dict, daemon: DaemonInfo | None = None) -> dict[str, Any]:
+    """Run one operation; every expected failure becomes a ControlError with a reason.
+
+    The daemon passes ``daemon``; a temporary node (no daemon on the home) does not.
+    """
+    if op not in OPS and op not in NODE_OPS:
+        raise ControlError("bad-request", f"unknown operation {op!r}; known: {', '.join(sorted([*OPS, *NODE_OPS]))}")
     try:
-        return await action(library, args)
+        if op in NODE_OPS:
+            return await NODE_OPS[op](library, daemon, args)
+        return await OPS[op](library, args)
     except PatternError as exc:
         raise ControlError("invalid", str(exc)) from None
     except AmbiguousPattern as exc:

@@ -12,12 +12,14 @@ import json
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from aether.crypto.identity import IdentityError, PublicIdentity
+from aether.node.api import iso_date
 from aether.node.control import ControlError
 from aether.node.daemon import DaemonError
 from aether.node.home import Home, HomeError, parse_address, resolve_home
@@ -339,6 +341,107 @@ def mcp(obj: Context, allow_publish: bool, timeout: float) -> None:
     from aether.node.mcp_server import serve
 
     _guard(lambda: serve(obj.home.path, allow_publish=allow_publish, timeout=timeout))
+
+
+# ---------------------------------------------------------------- the running node
+NOT_RUNNING = 3
+"""Exit status of ``status`` when no daemon runs, as ``systemctl status`` gives for a stopped unit."""
+
+
+@cli.command()
+@click.pass_obj
+def status(obj: Context) -> None:
+    """Show the node: identity, daemon, network, storage, patterns, maintenance.
+
+    Without a daemon it shows what the home knows, says that no daemon is
+    running and exits with status 3.
+    """
+    result = _run(obj, "status", {}, network=False)
+    obj.emit(result, _status_text(result, obj.home.path))
+    if not result["running"]:
+        sys.exit(NOT_RUNNING)
+
+
+def _status_text(s: dict[str, Any], home: Path) -> str:
+    def when(t: float | None) -> str:
+        return f"{iso_date(t)} ({_duration(time.time() - t)} ago)" if t is not None else "never"
+
+    rows = [("node id", s["node_id"]), ("identity", s["identity"])]
+    if s["running"]:
+        network, peers = s["network"], s["peers"]
+        rows += [
+            ("daemon", f"running, pid {s['pid']}, version {s['version']}"),
+            ("listening on", s["address"]),
+            ("uptime", f"{_duration(s['uptime'])} (since {iso_date(s['started_at'])})"),
+            ("network", _network_text(network)),
+        ]
+        if network["last_error"]:
+            rows.append(("last error", network["last_error"]))
+        rows.append(("peers", f"{peers['contacts']} in {peers['buckets_in_use']} of {peers['buckets']} buckets"))
+    else:
+        rows.append(("daemon", f"not running: no daemon is running on {home}"))
+    storage, patterns = s["storage"], s["patterns"]
+    if s["role"] is not None:
+        rows.append(("role", s["role"]))
+    rows += [
+        ("storage", f"{_size(storage['used_bytes'])} used of {_size(storage['quota_bytes'])} "
+                    f"({_size(storage['pinned_bytes'])} own and pinned, {_size(storage['evictable_bytes'])} evictable)"),
+        ("patterns", f"{patterns['held']} held ({patterns['own']} own, {patterns['replica']} replicas, "
+                     f"{patterns['cached']} cached), {patterns['pinned']} pinned"),
+        ("last republish", when(s["last_republish"])),
+        ("last re-replication", when(s["last_replicate"])),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    return "\n".join(f"{name + ':':<{width}}{value}" for name, value in rows)
+
+
+def _network_text(network: dict[str, Any]) -> str:
+    state = network["state"]
+    if state == "retrying" and network["next_retry_at"] is None:
+        return f"retrying: try {network['attempts']} under way (back-off {network['backoff']:g} s)"
+    if state == "retrying":
+        return f"retrying: next try at {iso_date(network['next_retry_at'])} (back-off {network['backoff']:g} s)"
+    if state == "alone":
+        return "alone: no peer known yet; waiting to be contacted (give one with --bootstrap or in config.toml)"
+    if state == "joining":
+        return "joining: a try is under way"
+    return state
+
+
+@cli.command()
+@click.pass_obj
+def peers(obj: Context) -> None:
+    """List the contacts in the running daemon's routing table, nearest first."""
+    result = _run(obj, "peers", {}, network=False)
+    now = time.time()
+    lines = [f"{'NODE ID':<16}  {'ADDRESS':<21}  {'RTT':>8}  {'LAST SEEN':>10}  FAILURES"]
+    for p in result["peers"]:
+        rtt = f"{p['rtt'] * 1000:.1f} ms" if p["rtt"] is not None else "-"
+        seen = f"{_duration(now - p['last_seen'])} ago" if p["last_seen"] is not None else "-"
+        lines.append(f"{p['node_id'][:16]}  {p['address']:<21}  {rtt:>8}  {seen:>10}  {p['failures']}")
+    obj.emit(result, "\n".join(lines) if result["peers"] else "no peers in the routing table")
+
+
+def _duration(seconds: float) -> str:
+    """``3d 04h``, ``2h 05m``, ``4m 09s`` or ``12s``: the two largest units, enough to read at a glance."""
+    s = max(0, int(seconds))
+    days, hours, minutes = s // 86400, s // 3600 % 24, s // 60 % 60
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+def _size(n: int) -> str:
+    """Bytes in binary units (``12.3 KiB``), as the rest of the project writes sizes."""
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
+    value, unit = float(n), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{n} bytes" if unit == 0 else f"{value:.1f} {units[unit]}"
 
 
 def _guard(action: Any) -> Any:

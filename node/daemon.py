@@ -15,10 +15,12 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aether.node import api
 from aether.node.control import ControlError, ControlServer
@@ -35,6 +37,48 @@ MAX_BACKOFF = 60.0
 
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass
+class JoinState:
+    """What the join loop (:func:`_keep_joined`) last did, so that ``status`` can tell.
+
+    The loop is the only writer. ``state`` is ``joining`` (a first try under
+    way), ``joined`` (the routing table has contacts), ``retrying`` (peers are
+    known but none answered the last try; ``next_retry_at`` is None while the
+    next one runs) or ``alone`` (no peer is known: the node waits to be
+    contacted, and looks again for saved contacts).
+    """
+
+    state: str = "joining"
+    attempts: int = 0
+    """Tries to join through the known peers since the daemon started."""
+    backoff: float | None = None
+    """Seconds between the last check and the next, while not joined."""
+    next_retry_at: float | None = None
+    """Unix time of the next check, while not joined and not trying."""
+    last_error: str | None = None
+    """Why the last try failed; cleared once joined."""
+
+    def report(self, contacts: int) -> dict[str, Any]:
+        """The record as ``status`` shows it, given the routing table's size now.
+
+        The table is the truth: a node that others contacted while it waited
+        is joined before the loop wakes to notice (after up to a minute).
+        """
+        if contacts and self.state != "joined":
+            return {**asdict(self), "state": "joined", "backoff": None, "next_retry_at": None, "last_error": None}
+        return asdict(self)
+
+
+@dataclass
+class DaemonInfo:
+    """The facts only a running daemon knows about itself, for the ``status`` and ``peers`` operations."""
+
+    pid: int
+    started: float
+    """``time.monotonic()`` when the daemon started, for an uptime that clock changes do not bend."""
+    join: JoinState = field(default_factory=JoinState)
 
 
 def lock_home(home: Home, busy: str | None = None) -> IO:
@@ -86,8 +130,9 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        info = DaemonInfo(pid=os.getpid(), started=time.monotonic())
         async with running_node(home, settings, settings.listen) as node:
-            control = ControlServer(home.path, functools.partial(api.handle, PatternLibrary(node)))
+            control = ControlServer(home.path, functools.partial(api.handle, PatternLibrary(node), daemon=info))
             try:
                 await control.start()
             except ControlError as exc:
@@ -95,7 +140,7 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
             try:
                 bound_host, bound_port = node.address
                 print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
-                joiner = asyncio.ensure_future(_keep_joined(node, settings, stop))
+                joiner = asyncio.ensure_future(_keep_joined(node, settings, stop, info.join))
                 await stop.wait()
                 joiner.cancel()
                 log.info("stopping")
@@ -107,20 +152,41 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
         lock.close()
 
 
-async def _keep_joined(node: AetherNode, settings: DaemonSettings, stop: asyncio.Event) -> None:
-    """Join, and while the routing table is empty keep trying with exponential back-off."""
+async def _keep_joined(node: AetherNode, settings: DaemonSettings, stop: asyncio.Event, join: JoinState) -> None:
+    """Join, and while the routing table is empty keep trying with exponential back-off.
+
+    Every pass is written to ``join``: ``status`` reads it to say whether the
+    node is joined or still retrying, when it looks next and why it failed.
+    """
     delay = 1.0
     while not stop.is_set():
         if not node.protocol.contacts():
             saved = [(host, port) for _, host, port in node.store.load_contacts()]
             peers = list(dict.fromkeys(settings.bootstrap + saved))
             if peers:
-                found = await node.bootstrap(peers)
+                join.attempts, join.next_retry_at = join.attempts + 1, None
+                if join.state != "retrying":
+                    join.state = "joining"
+                try:
+                    found = await node.bootstrap(peers)
+                except Exception as exc:  # the loop must outlive any one try, or status would go stale
+                    log.exception("joining failed")
+                    found, join.last_error = [], f"joining failed: {exc.__class__.__name__}: {exc}"
+                else:
+                    first = f"{peers[0][0]}:{peers[0][1]}"
+                    join.last_error = None if found else (
+                        f"none of the {len(peers)} known peer(s) answered (first: {first})"
+                    )
                 if found:
                     log.info("joined the network through %d peer(s); %d contacts", len(peers), len(node.protocol.contacts()))
-                    delay = 1.0
                 else:
-                    log.warning("no peer answered; retrying in %.0f s", delay)
+                    log.warning("%s; retrying in %.0f s", join.last_error, delay)
+            join.state = "retrying" if peers else "alone"
+        if node.protocol.contacts():
+            delay = 1.0
+            join.state, join.backoff, join.next_retry_at, join.last_error = "joined", None, None, None
+        else:
+            join.backoff, join.next_retry_at = delay, time.time() + delay
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except asyncio.TimeoutError:

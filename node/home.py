@@ -38,11 +38,12 @@ bootstrap = []
 [node]
 # ksize = 20                    # replication factor and bucket size
 # alpha = 3                     # lookup parallelism
-# republish_interval = 86400    # seconds between republishing our own values
-# replicate_interval = 3600     # seconds between handing replicas to the closest nodes
-# refresh_interval = 3600
-# expire_interval = 300
-# contacts_save_interval = 60
+# Periodic work, in seconds between runs:
+# republish_interval = 86400    # republishing our own and pinned values
+# replicate_interval = 3600     # handing replicas to the closest nodes
+# refresh_interval = 3600       # a lookup in each bucket that had none for this long
+# expire_interval = 300         # dropping expired values
+# contacts_save_interval = 60   # saving the routing table, for rejoining after a restart
 # quota_bytes = 1000000000      # disk the store may take, everything counted
 # max_entries_per_key = 64      # index entries one shared key holds (newest kept)
 # max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)

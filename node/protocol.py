@@ -53,6 +53,9 @@ to holders that said they have more.
 MAX_REMEMBERED_TIMEOUTS = 1024
 """Timed-out requests remembered so that a late reply still teaches the RTT estimator."""
 
+MAX_REMEMBERED_SEEN = 4096
+"""Contacts whose last-heard time is kept for ``peers``; more than a routing table holds (160 buckets of k)."""
+
 
 def error_reply(reason: str, message: str) -> dict[str, str]:
     """The reply to a refused request; stock nodes read any reply to STORE as success."""
@@ -105,6 +108,7 @@ class AetherProtocol(KademliaProtocol):
         self.stale_after = config.stale_after_failures
         self.stats: Counter[str] = Counter()
         self._failures: dict[bytes, int] = {}
+        self._last_seen: OrderedDict[bytes, float] = OrderedDict()
         self._timed_out: OrderedDict[bytes, tuple[tuple[str, int], float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
 
@@ -310,6 +314,7 @@ class AetherProtocol(KademliaProtocol):
             return
         self.router.add_contact(node)
         if not self.router.is_new_node(node):
+            self._seen(node)
             self.owner.on_new_contact(node)
 
     def _heard_from(self, node: Node) -> None:
@@ -329,6 +334,25 @@ class AetherProtocol(KademliaProtocol):
             bucket.add_node(node)
         else:
             bucket.add_node(known)
+        self._seen(node)
+
+    def _seen(self, node: Node) -> None:
+        self._last_seen.pop(node.id, None)
+        self._last_seen[node.id] = time.time()
+        while len(self._last_seen) > MAX_REMEMBERED_SEEN:
+            self._last_seen.popitem(last=False)
+
+    def last_seen(self, node_id: bytes) -> float | None:
+        """When a contact last spoke to us (a request or a reply), as a Unix time; None if unknown.
+
+        Kademlia keeps this per bucket only; ``peers`` shows it per contact so a
+        user can see which peers are alive.
+        """
+        return self._last_seen.get(node_id)
+
+    def failures(self, node_id: bytes) -> int:
+        """Requests to this contact left unanswered in a row (it is dropped at ``stale_after``)."""
+        return self._failures.get(node_id, 0)
 
     def contacts(self) -> list[Node]:
         return [n for bucket in self.router.buckets for n in bucket.get_nodes()]

@@ -40,6 +40,14 @@ class RttEstimator:
         est = self._peers.get(peer) or self._overall
         return est.rto if est else self.initial
 
+    def srtt(self, peer: tuple[str, int]) -> float | None:
+        """The smoothed round trip to this peer in seconds, or None if it never answered a request.
+
+        ``peers`` shows it so a user can tell a near peer from a far or struggling one.
+        """
+        est = self._peers.get(peer)
+        return est.srtt if est else None
+
     def observe(self, peer: tuple[str, int], rtt: float) -> None:
         """Feed one measured round trip (a reply to a request sent once)."""
         self._overall = self._update(self._overall, rtt)

@@ -685,6 +685,10 @@ class AetherNode(Server):
         return data
 
     async def replicate_held(self) -> None:
+        """Store each replica not re-stored by another holder within the interval on the k closest nodes.
+
+        The time of the run is kept in the store, beside ``last_republish``, for ``status``.
+        """
         if self.light:
             return  # deferred until the device serves fully again
         now = time.time()
@@ -693,6 +697,7 @@ class AetherNode(Server):
             *self.store.due_for_republish(self.config.replicate_interval, now=now, role="replica"),
         ]
         await self._store_near([(held, held.value) for held in due], now)
+        self.store.meta_set("last_replicate", str(now))
 
     async def drop_expired(self) -> None:
         dropped = self.store.drop_expired()

@@ -192,3 +192,29 @@ def test_bad_config_is_a_clear_error(home: Path, config: str, fragment: str) -> 
     result = run("--home", str(home), "daemon", "--listen", "127.0.0.1:0")
     assert_clean_error(result, str(path), fragment)
     assert "listening on" not in result.stdout
+
+
+def test_every_periodic_job_has_its_interval_in_the_config_template(tmp_path: Path) -> None:
+    """Refresh, republish, re-replication, expiry and contact saving: each schedule is a [node] setting.
+
+    The template lists each one (commented out, at its default); uncommented,
+    each reaches the node's settings.
+    """
+    import dataclasses
+    import re
+
+    from aether.node.config import NodeConfig
+    from aether.node.home import CONFIG_TEMPLATE, Home
+
+    intervals = [f.name for f in dataclasses.fields(NodeConfig) if f.name.endswith("_interval")]
+    assert set(intervals) == {
+        "refresh_interval", "republish_interval", "replicate_interval", "expire_interval", "contacts_save_interval",
+    }
+    text = CONFIG_TEMPLATE
+    for seconds, name in enumerate(intervals, start=7):
+        default = getattr(NodeConfig(), name)
+        text, n = re.subn(rf"(?m)^# {name} = {default:g}\b", f"{name} = {seconds}", text)
+        assert n == 1, f"{name} is not in the config template at its default {default:g}"
+    (tmp_path / "config.toml").write_text(text, encoding="utf-8")
+    node = Home(tmp_path).settings().node
+    assert [getattr(node, name) for name in intervals] == list(range(7, 7 + len(intervals)))

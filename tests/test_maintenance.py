@@ -10,6 +10,7 @@ from kademlia.node import Node
 
 from aether.crypto.identity import Identity
 from aether.crypto.records import create_record
+from aether.node.server import AetherNode
 from aether.node.values import block_key
 from aether.simulations.network import address_of, join_all, local_network, start_node, stop_all
 
@@ -107,6 +108,7 @@ async def test_holders_restore_replicas_after_holders_leave(tmp_path):
             return sum(n.store.contains(key) for n in alive)
 
         assert await wait_for(lambda: replicas() >= 4, timeout=20)
+        assert all(n.store.meta_get("last_replicate") is not None for n in alive), "status reads when this ran"
         reader = [n for n in alive if not n.store.contains(key)][0]
         assert await reader.get_block(key) == b"keep me available"
     finally:
@@ -157,3 +159,29 @@ async def test_a_late_reply_teaches_the_timeout(tmp_path):
         assert a.protocol.rtt.timeout_for(peer) > 0.8
     finally:
         stop_all([a, b])
+
+
+async def test_each_periodic_job_runs_on_the_schedule_its_setting_gives(tmp_path, monkeypatch):
+    jobs = {"refresh_buckets": "refresh_interval", "republish_own": "republish_interval",
+            "replicate_held": "replicate_interval", "drop_expired": "expire_interval"}
+    runs: dict[tuple[int, str], int] = {}
+
+    def counted(name: str):
+        original = getattr(AetherNode, name)
+
+        async def job(self: AetherNode) -> None:
+            runs[id(self), name] = runs.get((id(self), name), 0) + 1
+            await original(self)
+
+        job.__name__ = name
+        return job
+
+    for name in jobs:
+        monkeypatch.setattr(AetherNode, name, counted(name))
+    busy = await start_node(tmp_path / "busy", QUIET.replace(**{setting: 0.1 for setting in jobs.values()}))
+    quiet = await start_node(tmp_path / "quiet", QUIET)
+    try:
+        assert await wait_for(lambda: all(runs.get((id(busy), name), 0) >= 2 for name in jobs), timeout=10), runs
+        assert not any(node == id(quiet) for node, _ in runs), "hour-long intervals ran within seconds"
+    finally:
+        stop_all([busy, quiet])

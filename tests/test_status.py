@@ -1,0 +1,263 @@
+"""``status`` and ``peers`` against real daemons on loopback, and a publisher that survives ``kill -9``.
+
+Every daemon is a subprocess listening on 127.0.0.1 and every command is
+``aether-node`` run with a timeout; waits poll for a state with a bound, and
+no assert is about elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from aether.node.control import SOCKET_NAME
+
+from .test_cli_patterns import (
+    TIMEOUT, Daemon, assert_clean_error, configure, init_homes, ok, ok_json, pattern, run, sha, wait_joined, write,
+)
+from .test_control import raw_exchange
+
+STATUS_KEYS = {
+    "running", "node_id", "identity", "version", "storage", "patterns", "last_republish", "last_replicate",
+    "pid", "address", "started_at", "uptime", "peers", "network", "role",
+}
+"""One shape whether or not a daemon runs: what only a daemon knows is null without one."""
+
+
+def status_json(home: Path, expect: int = 0) -> dict:
+    result = run(home, "status", as_json=True)
+    assert result.returncode == expect, (result.stdout, result.stderr)
+    data = json.loads(result.stdout)
+    assert set(data) == STATUS_KEYS
+    return data
+
+
+def wait_network_state(home: Path, state: str, timeout: float = TIMEOUT) -> dict:
+    """Poll ``status`` until the daemon's join loop reports ``state`` (a readiness wait, not a timing assert)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        data = status_json(home)
+        seen = data["network"]
+        if seen["state"] == state and (state != "retrying" or seen["next_retry_at"] is not None):
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"the daemon never reported {state!r}; last seen {seen}")
+
+
+def start(home: Path, daemons: list[Daemon], *args: str) -> Daemon:
+    """A ready daemon on ``home``, added to ``daemons`` so that the caller stops it whatever happens."""
+    daemon = Daemon(home, *args)
+    daemons.append(daemon)
+    daemon.wait_ready()
+    return daemon
+
+
+def start_joined(first: Path, second: Path, daemons: list[Daemon]) -> tuple[Daemon, Daemon]:
+    """A daemon on ``first``, and one on ``second`` joined through it."""
+    one = start(first, daemons)
+    two = start(second, daemons, "--bootstrap", one.address)
+    wait_joined([first, second], at_least=1)
+    return one, two
+
+
+@dataclass
+class Pair:
+    a: Path
+    b: Path
+    da: Daemon
+    db: Daemon
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory):
+    """Two daemons, B joined through A."""
+    root = tmp_path_factory.mktemp("status")
+    a, b = root / "a", root / "b"
+    init_homes(a, b)
+    configure(a)
+    configure(b)
+    daemons: list[Daemon] = []
+    try:
+        yield Pair(a, b, *start_joined(a, b, daemons))
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes == [0, 0], [d.stderr() for d in daemons]
+    assert not any("Traceback" in d.stderr() for d in daemons)
+
+
+def test_status_of_two_joined_daemons(pair: Pair) -> None:
+    for home, daemon in ((pair.a, pair.da), (pair.b, pair.db)):
+        s = status_json(home)
+        assert s["running"] is True
+        assert s["node_id"] == daemon.node_id and s["identity"].startswith("aether1")
+        assert s["address"] == daemon.address
+        assert s["pid"] == daemon.proc.pid
+        assert s["version"] == version("aether-node")
+        assert s["uptime"] >= 0 and s["started_at"] <= time.time()
+        assert s["network"]["state"] == "joined" and s["network"]["last_error"] is None
+        assert s["peers"]["contacts"] >= 1
+        assert 1 <= s["peers"]["buckets_in_use"] <= s["peers"]["buckets"]
+        storage = s["storage"]
+        assert storage["used_bytes"] == sum(storage["by_role"].values())
+        assert storage["quota_bytes"] == 10**9  # the default
+        assert storage["pinned_bytes"] + storage["evictable_bytes"] == storage["used_bytes"]
+        assert s["role"] == "full"
+        assert set(s["patterns"]) == {"held", "own", "pinned", "replica", "cached"}
+        assert set(s["network"]) == {"state", "attempts", "backoff", "next_retry_at", "last_error"}
+
+    text = ok(pair.b, "status").stdout
+    for fragment in ("node id:", pair.db.node_id, f"listening on:        {pair.db.address}", "network:",
+                     "joined", "used of 953.7 MiB", "role:", "last republish:", "last re-replication:"):
+        assert fragment in text, (fragment, text)
+
+
+def test_status_counts_patterns_as_ls_lists_them(pair: Pair, tmp_path: Path) -> None:
+    data = pattern("Pattern-STATUS-001", "Counted by status")
+    ok(pair.a, "publish", str(write(tmp_path, "counted.md", data)))
+    listed = ok_json(pair.a, "ls")["patterns"]
+    counts = status_json(pair.a)["patterns"]
+    assert counts["held"] == len(listed) >= 1
+    assert counts["own"] == sum(p["role"] == "own" for p in listed) >= 1
+    assert counts["pinned"] == sum(p["pinned"] for p in listed)
+    assert status_json(pair.a)["storage"]["used_bytes"] > len(data)
+
+
+def test_peers_lists_the_other_daemon(pair: Pair) -> None:
+    on_a = {p["node_id"]: p for p in ok_json(pair.a, "peers")["peers"]}
+    on_b = {p["node_id"]: p for p in ok_json(pair.b, "peers")["peers"]}
+    b_seen_by_a, a_seen_by_b = on_a[pair.db.node_id], on_b[pair.da.node_id]
+    assert b_seen_by_a["address"] == pair.db.address and a_seen_by_b["address"] == pair.da.address
+    for peer in (b_seen_by_a, a_seen_by_b):
+        assert set(peer) == {"node_id", "address", "rtt", "timeout", "last_seen", "failures"}
+        assert peer["failures"] == 0
+        assert peer["last_seen"] is not None and peer["timeout"] > 0
+    # B pinged A to join, so B has measured its round trip to A.
+    assert isinstance(a_seen_by_b["rtt"], float) and a_seen_by_b["rtt"] > 0
+
+    text = ok(pair.b, "peers").stdout
+    assert text.splitlines()[0].split() == ["NODE", "ID", "ADDRESS", "RTT", "LAST", "SEEN", "FAILURES"]
+    assert f"{pair.da.node_id[:16]}  {pair.da.address}" in text and " ms " in text, text
+
+
+def test_uptime_grows(pair: Pair) -> None:
+    first = status_json(pair.a)["uptime"]
+    assert status_json(pair.a)["uptime"] > first
+
+
+async def _exchange_all(home: Path, bodies: list[bytes]) -> list[dict]:
+    reader, writer = await asyncio.open_unix_connection(str(home / SOCKET_NAME))
+    try:
+        return [await raw_exchange(reader, writer, body) for body in bodies]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("op", ["status", "peers"])
+async def test_malformed_requests_to_status_and_peers_get_error_replies(pair: Pair, op: str) -> None:
+    def pack(obj) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True)
+
+    bad = [
+        pack({"op": op, "args": [1, 2]}),  # args not a map
+        pack({"op": op, "args": {"verbose": True}}),  # an argument it does not take
+        pack({"op": op, "args": "everything"}),
+        b"\xc1" + op.encode(),  # not msgpack at all
+    ]
+    replies = await _exchange_all(pair.a, [*bad, pack({"op": op, "args": {}})])
+    for reply in replies[:-1]:
+        assert reply["ok"] is False and reply["error"]["reason"] == "bad-request", reply
+    assert replies[-1]["ok"] is True, "the same connection still answers"
+    assert pair.da.proc.poll() is None
+    assert status_json(pair.a)["running"] is True
+
+
+def test_status_of_a_daemon_whose_bootstrap_never_answers_says_it_is_retrying(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_homes(home)
+    configure(home, node={"rpc_timeout_initial": 0.2})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        daemons: list[Daemon] = []
+        try:
+            start(home, daemons, "--bootstrap", where)
+            s = wait_network_state(home, "retrying")
+            network = s["network"]
+            assert network["attempts"] >= 1 and network["backoff"] > 0
+            assert where in network["last_error"] and "answered" in network["last_error"]
+            assert s["peers"]["contacts"] == 0
+
+            text = ok(home, "status").stdout
+            assert "retrying" in text and where in text, text
+            assert ok_json(home, "peers") == {"peers": []}
+            assert ok(home, "peers").stdout.strip() == "no peers in the routing table"
+        finally:
+            assert [d.stop() for d in daemons] == [0], [d.stderr() for d in daemons]
+
+
+def test_status_and_peers_without_a_daemon(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_homes(home)
+    configure(home)
+    node_id = ok_json(home, "id")["node_id"]
+
+    text = run(home, "status")
+    assert text.returncode == 3, (text.stdout, text.stderr)
+    assert "no daemon is running" in text.stdout and node_id in text.stdout and "storage:" in text.stdout
+
+    s = status_json(home, expect=3)
+    assert s["running"] is False and s["node_id"] == node_id
+    assert s["storage"]["used_bytes"] == 0 and s["storage"]["quota_bytes"] == 10**9
+    assert all(s[key] is None for key in ("pid", "address", "started_at", "uptime", "peers", "network", "role"))
+
+    for as_json in (False, True):
+        result = run(home, "peers", as_json=as_json)
+        assert_clean_error(result, "no daemon is running")
+        assert result.stdout == ""
+
+
+def test_publisher_killed_and_restarted_without_bootstrap_rejoins_and_keeps_its_pattern(tmp_path: Path) -> None:
+    """Publish on one daemon and fetch on another with the CLI; kill -9 the publisher; restart it with no address."""
+    q, p, r = tmp_path / "q", tmp_path / "p", tmp_path / "r"
+    init_homes(q, p, r)
+    configure(q)
+    configure(p)  # no bootstrap in the config: after the restart only the saved contacts remain
+    daemons: list[Daemon] = []
+    try:
+        dq, dp = start_joined(q, p, daemons)
+
+        data = pattern("Pattern-KILL-001", "Kept through kill nine")
+        digest = sha(data)
+        assert ok(p, "publish", str(write(tmp_path / "src", "kill.md", data))).stdout.startswith(digest)
+        assert ok(q, "fetch", digest, binary=True).stdout == data
+
+        dp.proc.kill()
+        assert dp.proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
+        dp.stop()
+
+        again = start(p, daemons)  # no --bootstrap
+        assert again.node_id == dp.node_id
+        s = wait_network_state(p, "joined")
+        assert s["pid"] == again.proc.pid and s["peers"]["contacts"] >= 1
+        assert s["patterns"]["own"] == 1 and s["storage"]["by_role"]["own"] > len(data)
+
+        held = {h["hash"]: h for h in ok_json(p, "ls")["patterns"]}
+        assert held[digest]["role"] == "own" and held[digest]["pinned"] and held[digest]["complete"]
+        assert ok(p, "fetch", digest, binary=True).stdout == data
+        # A node that knows only the restarted publisher's new address finds it over the network.
+        configure(r, bootstrap=[again.address])
+        assert ok(r, "fetch", "Pattern-KILL-001", binary=True).stdout == data
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes[0] == 0 and codes[-1] == 0, [d.stderr() for d in daemons]
+    assert not any("Traceback" in d.stderr() for d in daemons)
