@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aether.node.home import Home, HomeError
 from aether.storage import device
 from aether.storage.device import GB, MB, Battery, Facts, SizeError, StorageSettings
 
@@ -387,6 +388,15 @@ def test_storage_settings_errors(values: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ValueError) as caught:
         StorageSettings.from_mapping(values)
     assert fragment in str(caught.value)
+
+
+def test_home_settings_read_the_storage_section(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_path.write_text('[storage]\ndevice_class = "tablet"\nquota = "300 MB"\n')
+    assert home.settings().storage == StorageSettings("tablet", 300 * MB)
+    home.config_path.write_text('[storage]\nquota = "-1GB"\n')
+    with pytest.raises(HomeError, match=r"config.toml: quota: a size must be greater than zero"):
+        home.settings()
 
 
 def test_device_profile_config_overrides_detection() -> None:
