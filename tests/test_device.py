@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aether.node.cli import cli
+from aether.node.cli_storage import push_quota
+from aether.node.control import ControlError, ControlServer
 from aether.node.home import Home, HomeError
 from aether.storage import device
 from aether.storage.device import GB, MB, Battery, Facts, SizeError, StorageSettings
+from aether.storage.store import Store
 
 Usage = namedtuple("Usage", "total used free")
 TB = 1000 * GB
@@ -399,6 +406,17 @@ def test_home_settings_read_the_storage_section(tmp_path: Path) -> None:
         home.settings()
 
 
+def test_update_config_adds_the_section_to_an_older_config(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_path.write_text('# mine\n[daemon]\nlisten = "127.0.0.1:7411"\n')
+    home.update_config("storage", {"device_class": "laptop"})
+    assert home.config_path.read_text() == (
+        '# mine\n[daemon]\nlisten = "127.0.0.1:7411"\n\n[storage]\ndevice_class = "laptop"\n')
+    home.config_path.write_text('storage = 3\n')
+    with pytest.raises(HomeError, match="storage is not a \\[storage\\] table"):
+        home.update_config("storage", {"quota": 5})
+
+
 def test_device_profile_config_overrides_detection() -> None:
     facts = Facts(system="linux", chassis_type="3", disk_path="/x", disk_total=1 * TB, disk_free=500 * GB)
     profile = device.device_profile(StorageSettings(), facts)
@@ -417,3 +435,230 @@ def test_usage_takes_pinned_and_evictable_when_given() -> None:
     usage = device.storage_usage(50, {"own": 10, "replica": 20, "cache": 30}, pinned=15, evictable=45)
     assert usage.as_dict() == {"quota": 50, "own": 10, "replica": 20, "cache": 30, "pinned": 15, "evictable": 45,
                                "used": 60, "free": -10}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@pytest.fixture
+def laptop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make this machine a laptop (512 GB disk, 200 GB free, battery at 40 %) for the CLI."""
+    root = tree(tmp_path / "platform", {
+        "sys/class/dmi/id/chassis_type": "9\n",
+        **supply("BAT0", type="Battery", capacity="40", status="Discharging"),
+        **supply("ADP1", type="Mains", online="0"),
+    })
+    real = device.read_facts
+    monkeypatch.setattr(device, "read_facts", functools.partial(
+        real, root, system="linux", environ={}, battery=no_battery_probe,
+        disk_usage=lambda path: Usage(512 * GB, 312 * GB, 200 * GB)))
+    return root
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An initialised home whose config has a comment and a setting of the user's own."""
+    path = tmp_path / "home"
+    assert invoke(path, "init").exit_code == 0
+    config = path / "config.toml"
+    config.write_text(config.read_text().replace("bootstrap = []", 'bootstrap = ["10.0.0.1:7411"]  # my peer'))
+    return path
+
+
+def invoke(home: Path, *args: str) -> Any:
+    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+
+
+def test_storage_set_inside_the_range_keeps_the_rest_of_the_config(home: Path, laptop: Path) -> None:
+    before = (home / "config.toml").read_text()
+    mode = (home / "config.toml").stat().st_mode
+    result = invoke(home, "storage", "set", "2GiB")
+    assert result.exit_code == 0, result.output
+    assert "quota 2.1 GB (2147483648 bytes) written to" in result.output
+    assert "no daemon is running: the quota takes effect when the node next starts" in result.output
+    after = (home / "config.toml").read_text()
+    assert after.startswith(before.rstrip("\n")) and after.endswith("\nquota = 2147483648\n")
+    assert 'bootstrap = ["10.0.0.1:7411"]  # my peer' in after
+    assert Home(home).settings().storage.quota == 2**31
+    assert (home / "config.toml").stat().st_mode == mode
+    assert [p.name for p in home.iterdir() if p.name.endswith(".part")] == []
+
+
+@pytest.mark.parametrize("size", ["500MB", "50GB", "50 gb"])
+def test_storage_set_accepts_the_range_bounds(home: Path, laptop: Path, size: str) -> None:
+    assert invoke(home, "storage", "set", size).exit_code == 0
+
+
+@pytest.mark.parametrize("size, message", [
+    ("499MB", "499 MB is below the laptop range of 500 MB to 50 GB; use --force"),
+    ("51GB", "51 GB is above the laptop range of 500 MB to 50 GB; use --force"),
+])
+def test_storage_set_outside_the_range_is_refused(home: Path, laptop: Path, size: str, message: str) -> None:
+    before = (home / "config.toml").read_text()
+    result = CliRunner().invoke(cli, ["--home", str(home), "storage", "set", size])
+    assert result.exit_code == 1 and f"Error: {message}" in result.output
+    assert (home / "config.toml").read_text() == before
+
+
+def test_storage_set_force(home: Path, laptop: Path) -> None:
+    result = invoke(home, "--json", "storage", "set", "2TB", "--force")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["quota"] == 2 * TB and data["forced"] is True and data["range"] == [500 * MB, 50 * GB]
+    assert data["daemon"] == "not-running" and data["device_class"] == "laptop"
+    assert Home(home).settings().storage.quota == 2 * TB
+
+
+@pytest.mark.parametrize("size", ["garbage", "-5GB", "0", "8 bits", "99999999 EB"])
+def test_storage_set_garbage_is_a_usage_error(home: Path, laptop: Path, size: str) -> None:
+    before = (home / "config.toml").read_text()
+    result = CliRunner().invoke(cli, ["--home", str(home), "storage", "set", "--", size])
+    assert result.exit_code == 2 and "Invalid value for SIZE" in result.output
+    assert (home / "config.toml").read_text() == before
+
+
+def test_storage_set_uses_the_configured_class(home: Path, laptop: Path) -> None:
+    Home(home).update_config("storage", {"device_class": "phone"})
+    result = CliRunner().invoke(cli, ["--home", str(home), "storage", "set", "20GB"])
+    assert result.exit_code == 1 and "above the phone range of 50 MB to 10 GB" in result.output
+
+
+def test_storage_set_auto_goes_back_to_the_recommendation(home: Path, laptop: Path) -> None:
+    invoke(home, "storage", "set", "3GB")
+    result = invoke(home, "storage", "set", "auto")
+    assert result.exit_code == 0 and "recommended quota 10 GB" in result.output
+    assert Home(home).settings().storage.quota is None
+    assert 'quota = "auto"' in (home / "config.toml").read_text()
+
+
+def test_storage_set_without_a_home(tmp_path: Path, laptop: Path) -> None:
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "none"), "storage", "set", "1GB"])
+    assert result.exit_code == 1 and "run `aether-node --home" in result.output and "init` first" in result.output
+
+
+def filled(home: Path) -> None:
+    with Store(home / "node.db") as store:
+        store.put(b"\x01" * 20, b"x" * 916, kind=1, role="own", pinned=True)
+        store.put(b"\x02" * 20, b"y" * 1916, kind=1, role="replica", expires=2e9)
+        store.put(b"\x03" * 20, b"z" * 2916, kind=1, role="cache", expires=2e9)
+
+
+def test_storage_text(home: Path, laptop: Path) -> None:
+    filled(home)
+    result = invoke(home, "storage")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "class:     laptop (detected: DMI chassis type 9 (Laptop))"
+    assert lines[1:4] == [
+        "evidence:  platform: Linux",
+        "           DMI chassis type: 9 (Laptop)",
+        "           battery: 40 %, on battery (/sys/class/power_supply/BAT0)",
+    ]
+    assert f"disk:      512 GB, 200 GB free ({home})" in lines
+    assert ("quota:     10 GB (recommended: 5% of 200 GB available, within 500 MB–50 GB for a laptop, "
+            "keeping 51.2 GB of the disk free)") in lines
+    assert "range:     500 MB to 50 GB for a laptop" in lines
+    assert "used:      6 kB (0.0 % of the quota), 10 GB left" in lines
+    assert lines[-5:] == ["  own        1 kB", "  replicas   2 kB", "  cached     3 kB",
+                          "  pinned     not reported", "  evictable  not reported"]
+
+
+def test_storage_json(home: Path, laptop: Path) -> None:
+    filled(home)
+    Home(home).update_config("storage", {"device_class": "tablet", "quota": 300 * MB})
+    result = invoke(home, "--json", "storage")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["device_class"], data["class_source"], data["quota"], data["quota_source"]) == (
+        "tablet", "config", 300 * MB, "config")
+    assert data["detected"]["device_class"] == "laptop"
+    assert data["disk"] == {"path": str(home), "total": 512 * GB, "free": 200 * GB}
+    assert data["range"] == [200 * MB, 20 * GB]
+    assert data["recommended"]["quota"] == 4 * GB and data["recommended"]["fraction"] == 0.02
+    assert data["usage"] == {"quota": 300 * MB, "own": 1000, "replica": 2000, "cache": 3000, "pinned": None,
+                             "evictable": None, "used": 6000, "free": 300 * MB - 6000}
+    assert data["facts"]["battery"] == {"percent": 40.0, "plugged": False, "source": "/sys/class/power_supply/BAT0"}
+    assert data["warnings"] == []
+
+
+def test_storage_on_a_home_without_database_creates_nothing(tmp_path: Path, laptop: Path) -> None:
+    result = invoke(tmp_path / "fresh", "--json", "storage")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["usage"]["used"] == 0
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_storage_with_a_broken_config(home: Path, laptop: Path) -> None:
+    (home / "config.toml").write_text('[storage]\ndevice_class = "fridge"\n')
+    result = CliRunner().invoke(cli, ["--home", str(home), "storage"])
+    assert result.exit_code == 1 and "device_class must be auto" in result.output
+
+
+def test_init_with_a_device_class(tmp_path: Path, laptop: Path) -> None:
+    path = tmp_path / "home"
+    result = invoke(path, "--json", "init", "--device-class", "phone")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["device_class"] == "phone"
+    assert Home(path).settings().storage.device_class == "phone"
+    data = json.loads(invoke(path, "--json", "storage").output)
+    assert (data["device_class"], data["class_source"], data["detected"]["device_class"]) == ("phone", "config", "laptop")
+    # Again, on the existing home: the identity stays, the class changes, the rest of the file too.
+    config = path / "config.toml"
+    config.write_text(config.read_text() + "# a note of mine\n")
+    result = invoke(path, "init", "--device-class", "auto")
+    assert "kept the existing identity" in result.output and "device class auto set in" in result.output
+    assert Home(path).settings().storage.device_class == "auto"
+    assert config.read_text().endswith("# a note of mine\n")
+
+
+def test_init_refuses_an_unknown_class(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "init", "--device-class", "toaster"])
+    assert result.exit_code == 2 and "'toaster' is not one of" in result.output
+
+
+def test_storage_command_on_this_machine(tmp_path: Path) -> None:
+    """The real command, as a user runs it, with this machine's own facts."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("aether-node")
+    env = {k: v for k, v in os.environ.items() if k != "AETHER_HOME"}
+    done = subprocess.run([str(exe), "--home", str(tmp_path / "h"), "--json", "storage"], capture_output=True,
+                          text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["device_class"] in device.CLASSES and data["quota"] >= 0
+
+
+# ----------------------------------------------------------------------------- the running daemon
+
+async def test_push_quota_without_a_daemon(tmp_path: Path) -> None:
+    outcome, said = await push_quota(tmp_path, 2 * GB)
+    assert outcome == "not-running" and "next starts" in said
+
+
+@pytest.mark.parametrize("handler_error, outcome", [
+    (None, "applied"),
+    (ControlError("bad-request", "unknown operation 'set-quota'; known: fetch, ls"), "restart"),
+    (ControlError("invalid", "quota below what is pinned"), "failed"),
+])
+async def test_push_quota_to_a_daemon(tmp_path: Path, handler_error: ControlError | None, outcome: str) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def handler(op: str, args: dict[str, Any]) -> Any:
+        seen.append((op, args))
+        if handler_error is not None:
+            raise handler_error
+        return {"quota": args["bytes"]}
+
+    server = ControlServer(tmp_path, handler)
+    await server.start()
+    try:
+        got, said = await push_quota(tmp_path, 2 * GB)
+    finally:
+        await server.close()
+    assert seen == [("set-quota", {"bytes": 2 * GB})]
+    assert got == outcome
+    if outcome == "restart":
+        assert "restart it" in said
+    if outcome == "failed":
+        assert "quota below what is pinned" in said
