@@ -20,9 +20,11 @@ import click
 
 from aether.crypto.identity import IdentityError, PublicIdentity
 from aether.node.api import iso_date
+from aether.node.cli_storage import storage
 from aether.node.control import ControlError
 from aether.node.daemon import DaemonError
 from aether.node.home import Home, HomeError, parse_address, resolve_home
+from aether.storage.device import CLASSES
 
 
 class Context:
@@ -58,16 +60,20 @@ def cli(ctx: click.Context, home: str | None, as_json: bool, log_level: str) -> 
 
 
 @cli.command()
+@click.option("--device-class", type=click.Choice(["auto", *CLASSES]),
+              help="Set the device class in config.toml instead of detecting it (auto: detect).")
 @click.pass_obj
-def init(obj: Context) -> None:
+def init(obj: Context, device_class: str | None) -> None:
     """Create this node's identity (Ed25519 + X25519 keys) and config file."""
     identity, created = _guard(obj.home.init)
     public = identity.public
     message = ("created" if created else "kept the existing") + f" identity in {obj.home.path}"
-    obj.emit(
-        {"home": str(obj.home.path), "created": created, "node_id": public.node_id.hex(), "identity": public.to_string()},
-        f"{message}\nnode id:  {public.node_id.hex()}\nidentity: {public.to_string()}",
-    )
+    data = {"home": str(obj.home.path), "created": created, "node_id": public.node_id.hex(), "identity": public.to_string()}
+    if device_class is not None:
+        _guard(lambda: obj.home.update_config("storage", {"device_class": device_class}))
+        data["device_class"] = device_class
+        message += f"\ndevice class {device_class} set in {obj.home.config_path}"
+    obj.emit(data, f"{message}\nnode id:  {public.node_id.hex()}\nidentity: {public.to_string()}")
 
 
 @cli.command("id")
@@ -453,6 +459,9 @@ def _guard(action: Any) -> Any:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None
+
+
+cli.add_command(storage)
 
 
 def main() -> None:

@@ -27,12 +27,15 @@ from aether.node.control import ControlError, ControlServer
 from aether.node.home import DaemonSettings, Home, HomeError
 from aether.node.patterns import PatternLibrary
 from aether.node.server import AetherNode
+from aether.storage import device
 from aether.storage.store import StoreError
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "daemon.lock"
 MAX_BACKOFF = 60.0
+POWER_CHECK = 60.0
+"""Seconds between battery readings, for the light role."""
 
 
 class DaemonError(Exception):
@@ -107,8 +110,18 @@ async def running_node(home: Home, settings: DaemonSettings, listen: tuple[str, 
         store = home.open_store()
     except StoreError as exc:
         raise DaemonError(str(exc)) from None
-    node = AetherNode(home.identity(), store, settings.node)
-    node.light = settings.role == "light"
+    facts = device.read_facts(disk_path=home.path)
+    profile = device.device_profile(settings.storage, facts, store.file_bytes())
+    for warning in profile.warnings:
+        log.warning("storage: %s", warning)
+    # A quota the margin squeezed to nothing still names a positive size: the node then holds only its own data.
+    node = AetherNode(home.identity(), store, settings.node.replace(quota_bytes=max(1, profile.quota)))
+    node.light, why = device.light_role(profile.device_class, facts.battery, settings.role)
+    log.info("%s, quota %s (%s); %s node: %s", profile.device_class, device.format_size(profile.quota),
+             profile.quota_source, "light" if node.light else "full", why)
+    over = node.set_quota(node.config.quota_bytes)  # a quota lowered while stopped applies at once
+    if over.freed:
+        log.info("evicted %s to fit the quota", device.format_size(over.freed))
     try:
         host, port = listen
         try:
@@ -141,8 +154,10 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
                 bound_host, bound_port = node.address
                 print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
                 joiner = asyncio.ensure_future(_keep_joined(node, settings, stop, info.join))
+                power = asyncio.ensure_future(_follow_power(node, home, settings, stop))
                 await stop.wait()
                 joiner.cancel()
+                power.cancel()
                 log.info("stopping")
             finally:
                 await control.close()
@@ -150,6 +165,23 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         lock.close()
+
+
+async def _follow_power(node: AetherNode, home: Home, settings: DaemonSettings, stop: asyncio.Event) -> None:
+    """Switch between full and light as the battery drains or the device is plugged in (role = auto)."""
+    if settings.role != "auto":
+        return
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=POWER_CHECK)
+        except asyncio.TimeoutError:
+            pass
+        facts = device.read_facts(disk_path=home.path)
+        profile = device.device_profile(settings.storage, facts)
+        light, why = device.light_role(profile.device_class, facts.battery, settings.role)
+        if light != node.light:
+            node.light = light
+            log.info("now a %s node: %s", "light" if light else "full", why)
 
 
 async def _keep_joined(node: AetherNode, settings: DaemonSettings, stop: asyncio.Event, join: JoinState) -> None:

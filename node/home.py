@@ -8,14 +8,17 @@ the platform's user data directory (``platformdirs``).
 from __future__ import annotations
 
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
+import tomlkit
 
 from aether.crypto.identity import Identity, IdentityError
 from aether.node.config import ConfigError, NodeConfig
+from aether.storage.device import StorageSettings
 from aether.storage.store import Store
 
 HOME_ENV = "AETHER_HOME"
@@ -44,9 +47,12 @@ bootstrap = []
 # refresh_interval = 3600       # a lookup in each bucket that had none for this long
 # expire_interval = 300         # dropping expired values
 # contacts_save_interval = 60   # saving the routing table, for rejoining after a restart
-# quota_bytes = 1000000000      # disk the store may take, everything counted
 # max_entries_per_key = 64      # index entries one shared key holds (newest kept)
 # max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)
+
+[storage]
+# device_class = "auto"         # auto (detected), desktop, laptop, tablet or phone
+# quota = "auto"                # bytes, or a size ("5GB", "2GiB"); auto: fitted to the device
 """
 
 
@@ -59,6 +65,7 @@ class DaemonSettings:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     node: NodeConfig = field(default_factory=NodeConfig)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     role: str = "auto"
     """full, light, or auto (from the device)."""
 
@@ -133,13 +140,55 @@ class Home:
         try:
             listen = parse_address(daemon.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))
             bootstrap = [parse_address(a) for a in daemon.get("bootstrap", [])]
+            if "quota_bytes" in data.get("node", {}):
+                raise ValueError('the quota is set under [storage] as quota = "5GB" (or `aether-node storage set`)')
             node = NodeConfig.from_mapping(data.get("node", {}))
+            storage = StorageSettings.from_mapping(data.get("storage", {}))
             role = daemon.get("role", "auto")
             if role not in ROLES:
                 raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         except (ValueError, TypeError, AttributeError, ConfigError) as exc:
             raise HomeError(f"{self.config_path}: {exc}") from None
-        return DaemonSettings(listen, bootstrap, node, role)
+        return DaemonSettings(listen, bootstrap, node, storage, role)
+
+    def update_config(self, section: str, values: dict[str, str | int]) -> None:
+        """Set ``values`` in one ``[section]`` of config.toml, keeping the rest of the file as written.
+
+        tomlkit edits the document in place, so the user's comments and layout
+        survive; the new file replaces the old one atomically (written beside
+        it, then renamed), so a crash never leaves half a config.
+        """
+        path = self.config_path
+        try:
+            doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise HomeError(f"no {CONFIG_NAME} in {self.path}: run `aether-node --home {self.path} init` first") from None
+        except (OSError, UnicodeDecodeError, tomlkit.exceptions.ParseError) as exc:
+            raise HomeError(f"cannot read {path}: {exc}") from None
+        table = doc.get(section)
+        if table is None:
+            table = tomlkit.table()
+            doc.add(section, table)
+        elif not isinstance(table, dict):
+            raise HomeError(f"{path}: {section} is not a [{section}] table")
+        for name, value in values.items():
+            table[name] = value
+            table.item(name).trivia.comment = ""
+            table.item(name).trivia.comment_ws = ""
+        try:
+            handle, temp = tempfile.mkstemp(prefix=f".{CONFIG_NAME}.", suffix=".part", dir=self.path)
+        except OSError as exc:
+            raise HomeError(f"cannot write in {self.path}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(tomlkit.dumps(doc))
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temp, path.stat().st_mode & 0o777)
+            os.replace(temp, path)
+        except OSError as exc:
+            Path(temp).unlink(missing_ok=True)
+            raise HomeError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def open_store(self) -> Store:
         return Store(self.db_path)

@@ -115,7 +115,7 @@ def rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import psutil  # not on Linux: fall back to psutil (in the test extra)
+    import psutil  # not on Linux: fall back to psutil
 
     return psutil.Process().memory_info().rss
 
