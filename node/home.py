@@ -31,6 +31,8 @@ CONFIG_TEMPLATE = f"""\
 listen = "0.0.0.0:{DEFAULT_PORT}"
 # Peers to join through, besides the contacts saved at the last run.
 bootstrap = []
+# Advertise this node on the local network (mDNS) and join the aether nodes found there.
+mdns = true
 
 [node]
 # ksize = 20                    # replication factor and bucket size
@@ -55,6 +57,7 @@ class DaemonSettings:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     node: NodeConfig = field(default_factory=NodeConfig)
+    mdns: bool = True
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -128,9 +131,12 @@ class Home:
             listen = parse_address(daemon.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))
             bootstrap = [parse_address(a) for a in daemon.get("bootstrap", [])]
             node = NodeConfig.from_mapping(data.get("node", {}))
+            mdns = daemon.get("mdns", True)
+            if not isinstance(mdns, bool):
+                raise ValueError(f"mdns must be true or false, not {mdns!r}")
         except (ValueError, TypeError, AttributeError, ConfigError) as exc:
             raise HomeError(f"{self.config_path}: {exc}") from None
-        return DaemonSettings(listen, bootstrap, node)
+        return DaemonSettings(listen, bootstrap, node, mdns)
 
     def open_store(self) -> Store:
         return Store(self.db_path)
