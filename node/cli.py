@@ -94,8 +94,11 @@ def id_(obj: Context, check: str | None) -> None:
 @cli.command()
 @click.option("--listen", callback=_address, metavar="HOST:PORT", help="Address to listen on (default from config).")
 @click.option("--bootstrap", multiple=True, callback=_address, metavar="HOST:PORT", help="A peer to join through; repeatable.")
+@click.option("--mdns/--no-mdns", default=None, envvar="AETHER_MDNS",
+              help="Advertise this node on the local network and join the aether nodes found there "
+                   "(default: `mdns` in config.toml, on). Env: AETHER_MDNS=0|1.")
 @click.pass_obj
-def daemon(obj: Context, listen: tuple[str, int] | None, bootstrap: list[tuple[str, int]]) -> None:
+def daemon(obj: Context, listen: tuple[str, int] | None, bootstrap: list[tuple[str, int]], mdns: bool | None) -> None:
     """Run this device's node in the foreground until SIGINT or SIGTERM."""
     from aether.node import daemon as daemon_module
 
@@ -104,6 +107,8 @@ def daemon(obj: Context, listen: tuple[str, int] | None, bootstrap: list[tuple[s
         settings = dataclasses.replace(settings, listen=listen)
     if bootstrap:
         settings = dataclasses.replace(settings, bootstrap=list(bootstrap) + settings.bootstrap)
+    if mdns is not None:
+        settings = dataclasses.replace(settings, mdns=mdns)
     _guard(lambda: asyncio.run(daemon_module.run(obj.home, settings)))
 
 

@@ -1,9 +1,11 @@
 """The long-running node of a device, in the foreground as service managers expect.
 
 It prints one line when ready (``listening on HOST:PORT node <id>``), joins
-through the configured peers and the contacts saved at its last run, keeps
-retrying with back-off while it has no peer, and on SIGINT or SIGTERM saves
-its contacts and closes its database before exiting.
+through the configured peers, the contacts saved at its last run and the aether
+nodes it finds on the local network (mDNS, unless switched off), keeps
+retrying with back-off while it has no peer, and on SIGINT or SIGTERM
+withdraws its announcement, saves its contacts and closes its database before
+exiting.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from aether.node import api
 from aether.node.control import ControlError, ControlServer
@@ -29,6 +31,9 @@ from aether.node.patterns import PatternLibrary
 from aether.node.server import AetherNode
 from aether.storage import device
 from aether.storage.store import StoreError
+
+if TYPE_CHECKING:
+    from aether.node.discovery import Discovery, Peer
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +155,21 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
                 await control.start()
             except ControlError as exc:
                 raise DaemonError(f"cannot serve the control socket in {home.path}: {exc}") from None
+            discovery = None
             try:
                 bound_host, bound_port = node.address
                 print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
-                joiner = asyncio.ensure_future(_keep_joined(node, settings, stop, info.join))
+                heard = asyncio.Event()
+                discovery = await _discover(node, settings, heard)
+                joiner = asyncio.ensure_future(_keep_joined(node, settings, stop, info.join, discovery, heard))
                 power = asyncio.ensure_future(_follow_power(node, home, settings, stop))
                 await stop.wait()
                 joiner.cancel()
                 power.cancel()
                 log.info("stopping")
             finally:
+                if discovery is not None:
+                    await discovery.close()
                 await control.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,17 +194,60 @@ async def _follow_power(node: AetherNode, home: Home, settings: DaemonSettings, 
             log.info("now a %s node: %s", "light" if light else "full", why)
 
 
-async def _keep_joined(node: AetherNode, settings: DaemonSettings, stop: asyncio.Event, join: JoinState) -> None:
+async def _discover(node: AetherNode, settings: DaemonSettings, heard: asyncio.Event) -> Discovery | None:
+    """Advertise the node on the local network and meet the aether nodes there; None when off or impossible.
+
+    While the node has no contact, a peer found sets ``heard`` to wake the
+    join loop, which tries it with the other bootstrap peers; once joined, a
+    peer found later is pinged into the routing table directly. Discovery is
+    a convenience: where multicast does not work the daemon says so and
+    serves on.
+    """
+    if not settings.mdns:
+        return None
+    # Imported here: commands that never start a daemon need not load zeroconf.
+    from aether.node.discovery import Discovery, DiscoveryError
+
+    def on_peer(peer: Peer) -> None:
+        if node.protocol.contacts():
+            node.background(_meet(node, peer))
+        heard.set()
+
+    discovery = Discovery(node.node.id, node.address, on_peer)
+    try:
+        await discovery.start()
+    except DiscoveryError as exc:
+        log.warning("no discovery on the local network: %s", exc)
+        return None
+    return discovery
+
+
+async def _meet(node: AetherNode, peer: Peer) -> None:
+    """Add a peer found on the local network to the routing table, through the first address that answers."""
+    for address in peer.addresses:
+        if await node.bootstrap_node(address) is not None:
+            return
+
+
+async def _keep_joined(
+    node: AetherNode, settings: DaemonSettings, stop: asyncio.Event, join: JoinState,
+    discovery: Discovery | None = None, heard: asyncio.Event | None = None,
+) -> None:
     """Join, and while the routing table is empty keep trying with exponential back-off.
 
+    Peers come from the settings, the saved contacts and ``discovery``; a
+    wait is cut short when ``heard`` says discovery has found a new one.
     Every pass is written to ``join``: ``status`` reads it to say whether the
     node is joined or still retrying, when it looks next and why it failed.
     """
+    heard = heard or asyncio.Event()
     delay = 1.0
     while not stop.is_set():
+        heard.clear()
         if not node.protocol.contacts():
             saved = [(host, port) for _, host, port in node.store.load_contacts()]
-            peers = list(dict.fromkeys(settings.bootstrap + saved))
+            local = discovery.addresses() if discovery is not None else []
+            peers = list(dict.fromkeys(settings.bootstrap + saved + local))
             if peers:
                 join.attempts, join.next_retry_at = join.attempts + 1, None
                 if join.state != "retrying":
@@ -219,9 +272,9 @@ async def _keep_joined(node: AetherNode, settings: DaemonSettings, stop: asyncio
             join.state, join.backoff, join.next_retry_at, join.last_error = "joined", None, None, None
         else:
             join.backoff, join.next_retry_at = delay, time.time() + delay
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            pass
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(heard.wait())]
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
         if not node.protocol.contacts():
             delay = min(MAX_BACKOFF, delay * 2)

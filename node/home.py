@@ -37,6 +37,8 @@ listen = "0.0.0.0:{DEFAULT_PORT}"
 bootstrap = []
 # "full" holds replicas for the network; "light" only looks up, fetches and publishes.
 # role = "auto"
+# Advertise this node on the local network (mDNS) and join the aether nodes found there.
+mdns = true
 
 [node]
 # ksize = 20                    # replication factor and bucket size
@@ -68,6 +70,7 @@ class DaemonSettings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     role: str = "auto"
     """full, light, or auto (from the device)."""
+    mdns: bool = True
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -144,12 +147,15 @@ class Home:
                 raise ValueError('the quota is set under [storage] as quota = "5GB" (or `aether-node storage set`)')
             node = NodeConfig.from_mapping(data.get("node", {}))
             storage = StorageSettings.from_mapping(data.get("storage", {}))
+            mdns = daemon.get("mdns", True)
+            if not isinstance(mdns, bool):
+                raise ValueError(f"mdns must be true or false, not {mdns!r}")
             role = daemon.get("role", "auto")
             if role not in ROLES:
                 raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         except (ValueError, TypeError, AttributeError, ConfigError) as exc:
             raise HomeError(f"{self.config_path}: {exc}") from None
-        return DaemonSettings(listen, bootstrap, node, storage, role)
+        return DaemonSettings(listen, bootstrap, node, storage, role, mdns)
 
     def update_config(self, section: str, values: dict[str, str | int]) -> None:
         """Set ``values`` in one ``[section]`` of config.toml, keeping the rest of the file as written.

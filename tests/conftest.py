@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
 import pytest
 
 from aether.node.config import NodeConfig
+
+# The daemons the tests start must neither advertise themselves on this machine's
+# network nor join other runs' nodes found there: every one inherits this switch
+# (the --mdns/--no-mdns option overrides it), and tests/test_discovery.py lifts it
+# inside a network namespace of its own.
+os.environ["AETHER_MDNS"] = "0"
 
 # Maintenance intervals long enough not to interfere with a test unless it asks.
 QUIET = NodeConfig(

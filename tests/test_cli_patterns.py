@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,12 +163,13 @@ def in_parallel(*calls):
 class Daemon:
     """``aether-node --home H daemon`` with its stdout read by a thread, so every wait is bounded."""
 
-    def __init__(self, home: Path, *args: str):
+    def __init__(self, home: Path, *args: str, prefix: Sequence[str] = ()):
+        """``prefix`` runs the daemon through a wrapper (another network namespace, another environment)."""
         self.home = home
         self.stderr_path = home.parent / f"{home.name}-daemon.log"
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(
-            [str(EXE), "--home", str(home), "daemon", "--listen", "127.0.0.1:0", *args],
+            [*prefix, str(EXE), "--home", str(home), "daemon", "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True, env=_env(),
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
