@@ -236,7 +236,7 @@ class PatternLibrary:
         assert isinstance(checked, Entry)
         self.node.keep_entry(checked, role="own", pinned=True)
         found = await self.node.lookup(key)
-        targets, spares = self.node.replica_targets(found.closest, found.beyond)
+        targets, spares = self.node.replica_targets(key, found.closest, found.beyond)
 
         async def put(node: Node, block_key: bytes, block: bytes) -> str | None:
             """None once stored, else why not."""

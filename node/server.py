@@ -20,7 +20,7 @@ import itertools
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
@@ -80,6 +80,12 @@ REFUSED_ELSEWHERE = frozenset({FULL, LIGHT})
 """Refusals that send the value on to the next closest node."""
 LIGHT_MEMORY = 600.0
 """Seconds a peer that answered "light" is not offered replicas (it may be plugged in by then)."""
+USED_REREAD = 10.0
+"""Seconds a STORE receipt may report spare room from the running count before reading the store."""
+MAX_OFFERS = 4096
+"""Peers whose last STORE receipt (spare quota, uptime) is remembered."""
+OFFER_SCALE = (10**9, 24 * 3600)
+"""Spare bytes and uptime seconds at which a peer counts as fully preferred for replicas."""
 KEY_FULL = "key-full"
 """The error for an entry older than all those a shared key already holds at its limit."""
 
@@ -115,13 +121,16 @@ class AetherNode(Server):
         self.store = store
         self.address: tuple[str, int] | None = None
         self.started_at: float | None = None
+        self._started: float | None = None
         self._jobs: list[asyncio.Task] = []
         self._newcomers: dict[bytes, Node] = {}
         self._saved_contacts: list[tuple[bytes, str, int]] = []
-        self._used = store.used_bytes()
+        self._used, self._used_read_at = store.used_bytes(), time.monotonic()
         self.light = False
         """A light client looks up, fetches and publishes, but holds no replicas and hands none off."""
         self._light_peers: dict[bytes, float] = {}
+        self._offers: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+        """(spare bytes, uptime s) from each peer's last STORE receipt, most recent last."""
         self._hand_off_task: asyncio.Future | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -136,7 +145,7 @@ class AetherNode(Server):
         )
         host, bound_port = self.transport.get_extra_info("sockname")[:2]
         self.address = (host, bound_port)
-        self.started_at = time.time()
+        self.started_at, self._started = time.time(), time.monotonic()
         self._start_jobs()
         log.info("node %s listening on %s:%d", self.node.id.hex(), host, bound_port)
 
@@ -416,7 +425,20 @@ class AetherNode(Server):
             # Someone else re-replicated it (the store kept the later expiry):
             # our own hourly re-replication can skip it (Kademlia, section 2.5).
             self.store.mark_republished([key], now=now)
-        return True
+        return self.receipt()
+
+    def receipt(self) -> dict[str, Any]:
+        """A STORE's success reply: what room and uptime we offer, for the storer's next placements.
+
+        A stock kademlia node reads any non-error reply as success. The running
+        count of bytes used only grows between exact reads (expiry and
+        eviction shrink the store behind it), so it is read again when stale.
+        """
+        now = time.monotonic()
+        if now - self._used_read_at > USED_REREAD:
+            self._used, self._used_read_at = self.store.used_bytes(), now
+        uptime = 0 if self._started is None else now - self._started
+        return {"stored": True, "spare": max(0, self.budget - self._used), "uptime": int(uptime)}
 
     # ------------------------------------------------------------- quota
     @property
@@ -534,14 +556,18 @@ class AetherNode(Server):
         report.lookup = result
         return report
 
-    async def store_on(self, nodes: list[Node], key: bytes, value: bytes, spares: Iterable[Node] = ()) -> PutReport:
+    async def store_on(
+        self, nodes: list[Node], key: bytes, value: bytes, spares: Iterable[Node] = (), *, place: bytes | None = None
+    ) -> PutReport:
         """STORE one value on each of ``nodes`` at once, and count the outcomes.
 
-        A node that answers "full" is replaced by the next of ``spares`` (the
-        nodes next closest to the key), so a full node does not cost a replica.
+        ``nodes`` and ``spares`` are the peers closest to ``place`` (the key the
+        value lives near: its own by default), nearest first. A node that
+        answers "full" or "light" is replaced by the next spare, so a refusal
+        does not cost a replica.
         """
         report = PutReport(key)
-        nodes, spare = self.replica_targets(nodes, spares)
+        nodes, spare = self.replica_targets(place or key, nodes, spares)
 
         async def store(node: Node | None) -> None:
             while node is not None:
@@ -560,20 +586,72 @@ class AetherNode(Server):
         await asyncio.gather(*(store(n) for n in nodes))
         return report
 
-    def replica_targets(self, nodes: list[Node], spares: Iterable[Node]) -> tuple[list[Node], Iterator[Node]]:
-        """``nodes`` less the peers known to be light, made up from ``spares``; and the spares left."""
+    def replica_targets(
+        self, key: bytes, nodes: list[Node], spares: Iterable[Node]
+    ) -> tuple[list[Node], Iterator[Node]]:
+        """Where ``len(nodes)`` replicas of ``key`` go, and the spares, nearest first, for refusals.
+
+        ``nodes`` are the closest peers and ``spares`` the next ones, nearest
+        first. Peers known to be light are left out. Among peers equally close
+        to the key as the last one chosen (in the same distance band: the same
+        highest bit of the XOR distance), those that offered more spare quota
+        and longer uptime in their STORE receipts come first, so always-on
+        desktops carry most replicas. A peer not heard from counts as the
+        typical (median) peer of its band, so it is neither favoured nor shunned.
+        """
         now = time.monotonic()
-        usable = (n for n in [*nodes, *spares] if self._light_peers.get(n.id, 0.0) <= now)
-        return list(itertools.islice(usable, len(nodes))), usable
+        usable = [n for n in [*nodes, *spares] if self._light_peers.get(n.id, 0.0) <= now]
+        want = len(nodes)
+        if len(usable) <= want:
+            return usable, iter(())
+        target = int.from_bytes(key, "big")
+        band = (usable[want - 1].long_id ^ target).bit_length()
+        closer = [n for n in usable if (n.long_id ^ target).bit_length() < band]
+        peers = [n for n in usable if (n.long_id ^ target).bit_length() == band]
+        known = sorted(self._offer_score(self._offers[n.id]) for n in peers if n.id in self._offers)
+        typical = known[len(known) // 2] if known else 0
+
+        def score(node: Node) -> int:
+            offer = self._offers.get(node.id)
+            return typical if offer is None else self._offer_score(offer)
+
+        peers.sort(key=score, reverse=True)  # stable: equal scores stay nearest first
+        chosen = closer + peers[: want - len(closer)]
+        picked = {n.id for n in chosen}
+        return chosen, iter([n for n in usable if n.id not in picked])
+
+    @staticmethod
+    def _offer_score(offer: tuple[int, int]) -> int:
+        """0 to 20: tenths of OFFER_SCALE's spare bytes and uptime.
+
+        Coarse on purpose: peers whose offers differ a little keep their order by distance.
+        """
+        return sum(min(value, scale) * 10 // scale for value, scale in zip(offer, OFFER_SCALE))
 
     def refusal(self, node: Node, body: Any) -> str | None:
-        """Why a STORE reply refused the value (None if it did not); a light peer is remembered."""
-        if not (isinstance(body, dict) and "error" in body):
+        """Why a STORE reply refused the value (None if it did not).
+
+        A light peer is remembered, and so is what a receipt offers.
+        """
+        if not isinstance(body, dict):
+            return None
+        if "error" not in body:
+            spare, uptime = body.get("spare"), body.get("uptime")
+            if type(spare) is int and type(uptime) is int and spare >= 0 and uptime >= 0:
+                self._remember_offer(node.id, spare, uptime)
             return None
         reason = str(body.get("error"))
         if reason == LIGHT:
             self._light_peers[node.id] = time.monotonic() + LIGHT_MEMORY
+        elif reason == FULL:
+            self._remember_offer(node.id, 0, self._offers.get(node.id, (0, 0))[1])
         return reason
+
+    def _remember_offer(self, node_id: bytes, spare: int, uptime: int) -> None:
+        self._offers[node_id] = (spare, uptime)
+        self._offers.move_to_end(node_id)
+        while len(self._offers) > MAX_OFFERS:
+            self._offers.popitem(last=False)
 
     @property
     def busy(self) -> bool:
@@ -655,7 +733,7 @@ class AetherNode(Server):
         for place, group in by_place.items():
             result = await self.lookup(place)
             for held, value in group:
-                await self.store_on(result.closest, held.key, value, result.beyond)
+                await self.store_on(result.closest, held.key, value, result.beyond, place=place)
                 if isinstance(held, StoredEntry):
                     self.store.mark_entries_republished([held.ident], now=now)
                 else:

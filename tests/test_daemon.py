@@ -209,7 +209,7 @@ async def test_acknowledged_block_survives_kill_9_and_daemon_rejoins_from_saved_
         data = b"a block acknowledged before kill -9: " + os.urandom(32)
         key = block_key(data)
         ok, reply = await nodes[3].protocol.call_store(Node(d_id, "127.0.0.1", port), key, data)
-        assert ok and reply is True, reply
+        assert ok and reply["stored"] is True, reply
 
         # D joined through nodes[0] and saved what it learned (interval 0.5 s).
         await _until(lambda: _saved_contacts(home / "node.db") >= 2, 10, "D to save its contacts")

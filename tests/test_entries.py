@@ -1081,7 +1081,7 @@ async def test_store_of_an_entry_under_another_topic_key_is_refused(pair):
     reply = await send_store(sender, target, TOPIC_KEY, record.encode())
     assert reply["error"] == "wrong-key"
     assert victim.store.entries(TOPIC_KEY) == [] and victim.store.iter_entries() == []
-    assert await send_store(sender, target, topic_key(b"term:mesh"), record.encode()) is True
+    assert (await send_store(sender, target, topic_key(b"term:mesh"), record.encode()))["stored"] is True
     assert [e.value for e in victim.store.entries(topic_key(b"term:mesh"))] == [record.encode()]
 
 
@@ -1097,17 +1097,17 @@ async def test_store_beyond_the_limit_with_an_older_entry_is_full(pair):
     victim, sender, target = pair
     held = [entry(who, ttl=3600) for who in (ALICE, BOB, CAROL)]
     for record in held:
-        assert await send_store(sender, target, TOPIC_KEY, record.encode()) is True
+        assert (await send_store(sender, target, TOPIC_KEY, record.encode()))["stored"] is True
     older = entry(Identity.generate(), ttl=600)
     reply = await send_store(sender, target, TOPIC_KEY, older.encode())
     assert reply["error"] == "key-full"
     assert len(victim.store.entries(TOPIC_KEY)) == 3
     newer = entry(Identity.generate(), ttl=7200)
-    assert await send_store(sender, target, TOPIC_KEY, newer.encode()) is True
+    assert (await send_store(sender, target, TOPIC_KEY, newer.encode()))["stored"] is True
     kept = {e.value for e in victim.store.entries(TOPIC_KEY)}
     assert len(kept) == 3 and newer.encode() in kept
     # Re-storing a held entry is not a new one: no "full".
-    assert await send_store(sender, target, TOPIC_KEY, newer.encode()) is True
+    assert (await send_store(sender, target, TOPIC_KEY, newer.encode()))["stored"] is True
 
 
 async def test_a_stored_manifest_entry_links_its_blocks_to_the_pattern_key(pair):
@@ -1116,12 +1116,12 @@ async def test_a_stored_manifest_entry_links_its_blocks_to_the_pattern_key(pair)
     record = create_record(ALICE, MANIFEST_KIND, manifest_name(me.summary.hash), 1, me.encode(), 3600)
     key = pattern_key(me.summary.hash)
     assert record.topic_key == key
-    assert await send_store(sender, target, key, record.encode()) is True
+    assert (await send_store(sender, target, key, record.encode()))["stored"] is True
     assert len(me.manifest.blocks) == 2
     for block in me.manifest.blocks:
         assert victim.store.group_of(block) == key
     # The same record under its author's own key is a record: it links nothing new.
     other = manifest_entry(os.urandom(7000))
     own = create_record(BOB, MANIFEST_KIND, manifest_name(other.summary.hash), 1, other.encode(), 3600)
-    assert await send_store(sender, target, own.key, own.encode()) is True
+    assert (await send_store(sender, target, own.key, own.encode()))["stored"] is True
     assert all(victim.store.group_of(b) is None for b in other.manifest.blocks)

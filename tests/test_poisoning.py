@@ -67,7 +67,7 @@ async def test_a_replayed_older_record_is_refused(pair):
     author = Identity.generate()
     old = create_record(author, "note", b"n", 1, b"old", 600)
     new = create_record(author, "note", b"n", 2, b"new", 600)
-    assert await store(attacker, target, new.key, new.encode()) is True
+    assert (await store(attacker, target, new.key, new.encode()))["stored"] is True
     reply = await store(attacker, target, old.key, old.encode())
     assert reply["error"] == "older"
     assert victim.local_value(new.key) == new.encode()
