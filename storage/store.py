@@ -47,6 +47,8 @@ __all__ = [
     "StoreError",
     "StoredEntry",
     "StoredValue",
+    "TEAM_POLICIES",
+    "TeamRow",
     "Usage",
     "entry_charge",
     "value_charge",
@@ -122,7 +124,7 @@ ACCESS_GRANULARITY = 60.0
 """Seconds within which repeated reads of a value update its last access time once."""
 
 #: The schema version this program writes; see MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Truncate the WAL file back to this size after a checkpoint, so a burst of writes
 #: does not leave a large file behind (1,000 nodes share one disk in simulations).
@@ -270,9 +272,46 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    """v5: teams this node belongs to, its sealed shares, and unlocked keys (sealed at rest).
+
+    Small and few, these rows fall in the store's reserve, not under the quota.
+    """
+    conn.execute(
+        """CREATE TABLE teams (
+            team_id    BLOB PRIMARY KEY CHECK (length(team_id) = 20),
+            name       TEXT NOT NULL,
+            epoch      INTEGER NOT NULL CHECK (epoch >= 0),
+            descriptor BLOB NOT NULL,
+            policy     TEXT NOT NULL DEFAULT 'auto' CHECK (policy IN ('auto', 'approve')),
+            updated_at REAL NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX teams_name ON teams(name)")
+    conn.execute(
+        """CREATE TABLE team_shares (
+            team_id BLOB NOT NULL CHECK (length(team_id) = 20),
+            epoch   INTEGER NOT NULL CHECK (epoch >= 0),
+            sealed  BLOB NOT NULL,
+            PRIMARY KEY (team_id, epoch)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute(
+        """CREATE TABLE team_keys (
+            team_id BLOB NOT NULL CHECK (length(team_id) = 20),
+            epoch   INTEGER NOT NULL CHECK (epoch >= 0),
+            sealed  BLOB NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (team_id, epoch)
+        ) WITHOUT ROWID"""
+    )
+
+
 #: MIGRATIONS[i] takes a database from version i + 1 to version i + 2. All pending
 #: migrations run in one transaction at open: a crash leaves the old version intact.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5,
+)
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -330,6 +369,21 @@ class StoredEntry:
     def ident(self) -> tuple[bytes, bytes, bytes]:
         """What names the entry: the shared key, the author and the record name."""
         return (self.key, self.author, self.name)
+
+
+#: How a member's daemon answers share requests: at once, or after ``team approve``.
+TEAM_POLICIES = ("auto", "approve")
+
+
+@dataclass(frozen=True)
+class TeamRow:
+    """A team this node is in, as the store keeps it."""
+
+    team_id: bytes
+    name: str
+    epoch: int
+    descriptor: bytes
+    policy: str
 
 
 @dataclass(frozen=True)
@@ -396,6 +450,12 @@ def _check_key(key: object, what: str = "key") -> bytes:
     if not isinstance(key, bytes) or len(key) != KEY_LEN:
         raise ValueError(f"{what} must be {KEY_LEN} bytes, got {key!r:.60}")
     return key
+
+
+def _check_epoch(epoch: object) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    return epoch
 
 
 def _check_role(role: object) -> str:
@@ -749,6 +809,7 @@ class Store:
         dropped += c.execute("DELETE FROM entries WHERE expires <= ?", (now,)).rowcount
         if dropped:
             c.execute("DELETE FROM links WHERE grp NOT IN (SELECT key FROM entries)")
+        c.execute("DELETE FROM team_keys WHERE expires <= ?", (now,))  # unlocked keys are forgotten on time
         return dropped
 
     def set_pinned(self, key: bytes, pinned: bool, *, expires: float | None = None, role: str | None = None) -> bool:
@@ -1212,6 +1273,94 @@ class Store:
                 (int(limit),),
             ).fetchall()
         return [(bytes(n), h, p) for n, h, p in rows]
+
+    # -- teams ---------------------------------------------------------------------------
+    # What the team code (node/teams.py) keeps: the descriptor of each team this node
+    # is in, its own share (still sealed to it) and unlocked keys (sealed at rest, with
+    # an expiry). The store checks shapes; signatures and seals are the node's business.
+
+    def put_team(self, team_id: bytes, name: str, epoch: int, descriptor: bytes, *, policy: str = "auto",
+                 now: float | None = None) -> bool:
+        """Keep a team's descriptor; an older epoch than the one held is refused (False)."""
+        _check_key(team_id, "team_id")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"team name must be a non-empty str, got {name!r}")
+        _check_epoch(epoch)
+        if policy not in TEAM_POLICIES:
+            raise ValueError(f"policy must be one of {TEAM_POLICIES}, got {policy!r}")
+        now = time.time() if now is None else _check_time(now, "now")
+        with self._tx() as c:
+            held = c.execute("SELECT epoch FROM teams WHERE team_id = ?", (team_id,)).fetchone()
+            if held is not None and held[0] > epoch:
+                return False
+            c.execute(
+                "INSERT INTO teams (team_id, name, epoch, descriptor, policy, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(team_id) DO UPDATE SET name = excluded.name, epoch = excluded.epoch, "
+                "descriptor = excluded.descriptor, policy = excluded.policy, updated_at = excluded.updated_at",
+                (team_id, name, epoch, bytes(descriptor), policy, now),
+            )
+            return True
+
+    def teams(self, name: str | None = None) -> list[TeamRow]:
+        """The teams held (by ``name`` if given), by name then ID."""
+        sql = "SELECT team_id, name, epoch, descriptor, policy FROM teams"
+        params: tuple = ()
+        if name is not None:
+            sql, params = sql + " WHERE name = ?", (name,)
+        with self._read() as c:
+            rows = c.execute(sql + " ORDER BY name, team_id", params).fetchall()
+        return [TeamRow(bytes(t), n, e, bytes(d), p) for t, n, e, d, p in rows]
+
+    def team(self, team_id: bytes) -> TeamRow | None:
+        _check_key(team_id, "team_id")
+        with self._read() as c:
+            row = c.execute(
+                "SELECT team_id, name, epoch, descriptor, policy FROM teams WHERE team_id = ?", (team_id,)
+            ).fetchone()
+        return None if row is None else TeamRow(bytes(row[0]), row[1], row[2], bytes(row[3]), row[4])
+
+    def put_team_share(self, team_id: bytes, epoch: int, sealed: bytes) -> None:
+        """Keep this node's share of a team epoch, as delivered: sealed to this node."""
+        _check_key(team_id, "team_id")
+        _check_epoch(epoch)
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO team_shares (team_id, epoch, sealed) VALUES (?, ?, ?)",
+                      (team_id, epoch, bytes(sealed)))
+
+    def team_share(self, team_id: bytes, epoch: int) -> bytes | None:
+        _check_key(team_id, "team_id")
+        with self._read() as c:
+            row = c.execute("SELECT sealed FROM team_shares WHERE team_id = ? AND epoch = ?",
+                            (team_id, epoch)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_team_key(self, team_id: bytes, epoch: int, sealed: bytes, *, expires: float) -> None:
+        """Keep an unlocked epoch key, sealed at rest, until ``expires``."""
+        _check_key(team_id, "team_id")
+        _check_epoch(epoch)
+        expires = _check_time(expires, "expires")
+        if expires is None:
+            raise ValueError("an unlocked key needs an expiry")
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO team_keys (team_id, epoch, sealed, expires) VALUES (?, ?, ?, ?)",
+                      (team_id, epoch, bytes(sealed), expires))
+
+    def team_keys(self, team_id: bytes, now: float | None = None) -> dict[int, bytes]:
+        """The unexpired unlocked keys of a team, sealed, by epoch."""
+        _check_key(team_id, "team_id")
+        now = time.time() if now is None else _check_time(now, "now")
+        with self._read() as c:
+            rows = c.execute("SELECT epoch, sealed FROM team_keys WHERE team_id = ? AND expires > ?",
+                             (team_id, now)).fetchall()
+        return {epoch: bytes(sealed) for epoch, sealed in rows}
+
+    def forget_team_keys(self, team_id: bytes | None = None, now: float | None = None) -> int:
+        """Drop a team's unlocked keys (``team lock``), or, without a team, every expired one."""
+        with self._tx() as c:
+            if team_id is not None:
+                return c.execute("DELETE FROM team_keys WHERE team_id = ?", (_check_key(team_id, "team_id"),)).rowcount
+            now = time.time() if now is None else _check_time(now, "now")
+            return c.execute("DELETE FROM team_keys WHERE expires <= ?", (now,)).rowcount
 
     # -- meta ----------------------------------------------------------------------------
 
