@@ -37,13 +37,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 class Daemon:
     """A daemon subprocess whose stdout is read by a thread, so every wait has a timeout."""
 
-    def __init__(self, home: Path, *args: str):
+    def __init__(self, home: Path, *args: str, options: tuple[str, ...] = ()):
+        """``options`` are global options, placed before the command (``--log-level info``)."""
         self.home = home
         self.stderr_path = home.parent / f"{home.name}-stderr-{time.monotonic_ns()}.log"
         self._stderr = open(self.stderr_path, "w+")
         env = {k: v for k, v in os.environ.items() if k != "AETHER_HOME"}
         self.proc = subprocess.Popen(
-            [str(EXE), "--home", str(home), "daemon", *args],
+            [str(EXE), *options, "--home", str(home), "daemon", *args],
             stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True, env=env,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -80,6 +81,13 @@ class Daemon:
 
     def wait_exit(self, timeout: float = TIMEOUT) -> int:
         return self.proc.wait(timeout=timeout)
+
+    def stdout_rest(self, timeout: float = TIMEOUT) -> list[str]:
+        """The lines printed after the ready line, once the daemon has exited."""
+        rest = []
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            rest.append(line)
+        return rest
 
     def stderr(self) -> str:
         self._stderr.flush()
@@ -267,3 +275,41 @@ async def test_peer_learns_new_address_of_restarted_node(tmp_path: Path) -> None
         finally:
             b.stop()
             b.store.close()
+
+
+LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", None], ids=["debug", "info", "warning", "default"])
+def test_log_level_chooses_what_goes_to_stderr_and_stdout_holds_only_the_ready_line(
+    home: Path, level: str | None
+) -> None:
+    d = Daemon(home, "--listen", "127.0.0.1:0", options=("--log-level", level) if level else ())
+    try:
+        first = d.lines.get(timeout=TIMEOUT)
+        assert first is not None and READY.match(first), (first, d.stderr())
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.wait_exit() == 0, d.stderr()
+        assert d.stdout_rest() == [], "stdout carries the ready line and nothing else"
+        lines = d.stderr().splitlines()
+    finally:
+        d.close()
+    levels = {match[1] for line in lines if (match := LOG_LINE.match(line))}
+    if level == "debug":
+        assert {"DEBUG", "INFO"} <= levels, lines
+        return
+    # Every line is one record: its level, the logger, the message.
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    if level == "info":
+        assert "INFO" in levels and "DEBUG" not in levels, lines
+        assert "INFO aether.node.daemon: stopping" in lines, lines
+    else:  # warning, the default: a quiet start and stop logs nothing below it
+        assert levels <= {"WARNING", "ERROR", "CRITICAL"}, lines
+
+
+def test_log_level_must_be_a_known_level(home: Path) -> None:
+    result = cli("--log-level", "chatty", "--home", str(home), "daemon", "--listen", "127.0.0.1:0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--log-level" in result.stderr and "'chatty' is not one of" in result.stderr, result.stderr
+    assert result.stdout == ""
+
