@@ -268,3 +268,42 @@ def test_publisher_killed_and_restarted_without_bootstrap_rejoins_and_keeps_its_
         codes = [d.stop() for d in daemons]
     assert codes[0] == 0 and codes[-1] == 0, [d.stderr() for d in daemons]
     assert not any("Traceback" in d.stderr() for d in daemons)
+
+
+def test_a_daemon_retries_its_configured_peer_with_growing_back_off_and_joins_once_it_answers(tmp_path: Path) -> None:
+    """The peer comes from config.toml alone; it is silent at first, and a daemon takes its address later."""
+    late, waiting = tmp_path / "late", tmp_path / "waiting"
+    init_homes(late, waiting)
+    configure(late)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    where = f"127.0.0.1:{silent.getsockname()[1]}"
+    configure(waiting, bootstrap=[where], node={"rpc_timeout_initial": 0.2})
+    daemons: list[Daemon] = []
+    try:
+        start(waiting, daemons)  # no --bootstrap
+        backoffs: list[float] = []
+        deadline = time.monotonic() + TIMEOUT
+        while not backoffs or backoffs[-1] < 4:
+            assert time.monotonic() < deadline, f"the back-off never reached 4 s: {backoffs}"
+            s = status_json(waiting)
+            network = s["network"]
+            assert network["state"] in ("joining", "retrying") and s["peers"]["contacts"] == 0, network
+            if network["backoff"] is not None:
+                backoffs.append(network["backoff"])
+            time.sleep(0.1)
+        # Doubling after each unanswered try: 1 s, 2 s, 4 s, ...
+        assert backoffs == sorted(backoffs) and set(backoffs) <= {1, 2, 4}, backoffs
+        assert network["attempts"] >= 3 and where in network["last_error"], network
+
+        silent.close()
+        peer = start(late, daemons, "--listen", where)
+        assert peer.address == where
+        s = wait_network_state(waiting, "joined")
+        assert s["network"]["last_error"] is None and s["peers"]["contacts"] >= 1
+        assert {p["node_id"]: p["address"] for p in ok_json(waiting, "peers")["peers"]} == {peer.node_id: where}
+    finally:
+        silent.close()
+        codes = [d.stop() for d in daemons]
+    assert codes == [0] * len(daemons), [d.stderr() for d in daemons]
+
