@@ -11,7 +11,9 @@ import asyncio
 import json
 import signal
 import socket
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -306,4 +308,39 @@ def test_a_daemon_retries_its_configured_peer_with_growing_back_off_and_joins_on
         silent.close()
         codes = [d.stop() for d in daemons]
     assert codes == [0] * len(daemons), [d.stderr() for d in daemons]
+
+
+def saved_contacts(home: Path) -> dict[str, str]:
+    """Node ID -> address of the contacts saved in the home's database, read beside a running daemon."""
+    with closing(sqlite3.connect(f"file:{home / 'node.db'}?mode=ro", uri=True, timeout=5)) as db:
+        return {bytes(n).hex(): f"{h}:{p}" for n, h, p in db.execute("SELECT node_id, host, port FROM contacts")}
+
+
+def test_sigterm_saves_the_contacts_and_closes_the_database_and_the_restart_rejoins_through_them(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    init_homes(first, second)
+    hour = {"contacts_save_interval": 3600}
+    configure(first, node=hour)  # no peer of its own: it only learns of the second when contacted
+    configure(second, node=hour)
+    daemons: list[Daemon] = []
+    try:
+        one, two = start_joined(first, second, daemons)
+        # The save interval is an hour and the first daemon never joined through anyone: nothing saved yet.
+        assert saved_contacts(first) == {}
+
+        assert one.stop() == 0, one.stderr()
+        assert "Traceback" not in one.stderr()
+        # Looked at before the database is read again: a reader opens the log anew.
+        assert not (first / "node.db-wal").exists(), "the database was closed (its log checkpointed away)"
+        assert saved_contacts(first) == {two.node_id: two.address}
+
+        again = start(first, daemons)  # no --bootstrap, none in config.toml: the saved contacts only
+        s = wait_network_state(first, "joined")
+        assert s["pid"] == again.proc.pid and s["network"]["attempts"] >= 1
+        assert two.node_id in {p["node_id"] for p in ok_json(first, "peers")["peers"]}
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes[1:] == [0] * (len(daemons) - 1), [d.stderr() for d in daemons]
 
