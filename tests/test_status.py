@@ -344,3 +344,30 @@ def test_sigterm_saves_the_contacts_and_closes_the_database_and_the_restart_rejo
         codes = [d.stop() for d in daemons]
     assert codes[1:] == [0] * (len(daemons) - 1), [d.stderr() for d in daemons]
 
+
+def test_republish_and_re_replication_run_on_the_intervals_config_toml_sets(tmp_path: Path) -> None:
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    init_homes(fast, slow)
+    configure(fast, node={"republish_interval": 0.5, "replicate_interval": 0.5}, role="full")
+    configure(slow, role="full")  # the defaults: a day and an hour
+    daemons: list[Daemon] = []
+    try:
+        start(fast, daemons)
+        start(slow, daemons)
+        runs: dict[str, list[float]] = {"last_republish": [], "last_replicate": []}
+        deadline = time.monotonic() + TIMEOUT
+        # Each job has run at least twice: a schedule, not a one-off at start.
+        while not all(len(set(times)) >= 2 for times in runs.values()):
+            assert time.monotonic() < deadline, runs
+            s = status_json(fast)
+            for name, times in runs.items():
+                if s[name] is not None:
+                    times.append(s[name])
+            time.sleep(0.2)
+        assert all(times == sorted(times) for times in runs.values()), runs
+        s = status_json(slow)
+        assert s["last_republish"] is None and s["last_replicate"] is None
+        assert "last republish:      never" in ok(slow, "status").stdout
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes == [0] * len(daemons), [d.stderr() for d in daemons]
