@@ -11,8 +11,10 @@ import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -407,3 +409,55 @@ def test_a_home_below_a_file_is_a_clear_error(tmp_path: Path) -> None:
     h = tmp_path / "file" / "home"
     assert_clean_failure(cli("--home", str(h), "init"), f"cannot create home {h}", "Not a directory")
     assert_clean_failure(cli("--home", str(h), "daemon", "--listen", "127.0.0.1:0"), f"aether-node --home {h} init")
+
+
+# ---------------------------------------------------------------- who may use the control channel
+def _connect_as(uid: int, path: str) -> int:
+    """Connect to the Unix socket ``path`` as the user ``uid``, in a child process: 0, 13 (refused) or 2."""
+    pid = os.fork()
+    if pid == 0:  # the child only makes system calls, then leaves without running any cleanup
+        code = 2
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(path)
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_another_user_is_refused_by_the_control_sockets_permissions(home: Path, daemons) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("acting as another user needs root; test_control.py checks the socket's 0600 mode")
+    daemons(home, "--listen", "127.0.0.1:0").wait_ready()
+    # The home's 0700 alone keeps other users out. A hard link in a folder anyone may enter
+    # leaves the socket's own mode as the only guard.
+    lobby = Path(tempfile.mkdtemp(prefix="aether-lobby-"))
+    try:
+        lobby.chmod(0o711)
+        if not all(stat.S_IMODE(p.stat().st_mode) & stat.S_IXOTH for p in lobby.parents):
+            pytest.skip(f"other users cannot enter {lobby.parent}, so no path would lead them to the socket")
+        link = lobby / "control.sock"
+        try:
+            os.link(home / "control.sock", link)
+        except OSError as exc:
+            pytest.skip(f"cannot link the socket into {lobby}: {exc.strerror}")
+        other = 65534  # nobody
+        assert _connect_as(0, str(link)) == 0, "the link reaches the daemon"
+        assert _connect_as(other, str(link)) == 13, "another user is refused"
+        # The refusal is the socket's mode: opened to everyone, the same user gets through.
+        link.chmod(0o666)
+        try:
+            assert _connect_as(other, str(link)) == 0
+        finally:
+            link.chmod(0o600)
+        assert stat.S_IMODE(os.stat(home / "control.sock").st_mode) == 0o600
+    finally:
+        shutil.rmtree(lobby)
+    assert json.loads(cli("--home", str(home), "--json", "status").stdout)["running"] is True
+
