@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgpack
 import pytest
 from kademlia.node import Node
 
@@ -461,3 +462,30 @@ def test_another_user_is_refused_by_the_control_sockets_permissions(home: Path, 
         shutil.rmtree(lobby)
     assert json.loads(cli("--home", str(home), "--json", "status").stdout)["running"] is True
 
+
+def test_a_home_too_deep_for_a_unix_socket_is_served_over_loopback_tcp_with_a_token(tmp_path: Path, daemons) -> None:
+    deep = tmp_path / ("d" * 60) / ("h" * 60)
+    assert cli("--home", str(deep), "init").returncode == 0
+    d = daemons(deep, "--listen", "127.0.0.1:0")
+    d.wait_ready()
+    config = deep / "control.json"
+    assert not (deep / "control.sock").exists() and stat.S_IMODE(config.stat().st_mode) == 0o600
+    channel = json.loads(config.read_text())
+    assert channel["transport"] == "tcp" and len(bytes.fromhex(channel["token"])) == 32
+
+    status = cli("--home", str(deep), "--json", "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["pid"] == d.proc.pid
+
+    # Without the token, the request is refused and the daemon serves on.
+    with socket.create_connection(("127.0.0.1", channel["port"]), timeout=TIMEOUT) as sock:
+        body = msgpack.packb({"op": "status", "args": {}})
+        sock.sendall(len(body).to_bytes(4, "big") + body)
+        reader = sock.makefile("rb")
+        reply = msgpack.unpackb(reader.read(int.from_bytes(reader.read(4), "big")))
+    assert reply["ok"] is False and reply["error"]["reason"] == "unauthorized", reply
+    assert cli("--home", str(deep), "--json", "ls").returncode == 0
+
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait_exit() == 0, d.stderr()
+    assert not config.exists(), "the token leaves with the daemon"
