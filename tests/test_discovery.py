@@ -436,6 +436,24 @@ def test_switched_off_daemons_neither_announce_nor_browse(tmp_path: Path, lan: L
         assert [asyncio.run(_contacts(home)) for home in (on_1, on_2)] == [1, 1]
 
 
+def test_the_environment_switch_turns_discovery_off_and_the_flag_turns_it_back_on(
+    tmp_path: Path, lan: Lan, processes: list
+) -> None:
+    off_env, on_flag, on_plain = (tmp_path / n for n in ("off-env", "on-flag", "on-plain"))
+    init_homes(off_env, on_flag, on_plain)
+    switched_off = [*lan.prefix, "env", "AETHER_MDNS=0"]
+    daemons = [Daemon(off_env, prefix=switched_off), Daemon(on_flag, "--mdns", prefix=switched_off)]
+    processes.extend(daemons)
+    for daemon in daemons:
+        daemon.wait_ready()
+    _start(processes, lan, on_plain)
+    # --mdns wins over AETHER_MDNS=0: that daemon and the one with discovery on meet.
+    wait_joined([on_flag, on_plain], at_least=1)
+    assert asyncio.run(_contacts(off_env)) == 0
+    if lan.isolated:
+        assert [asyncio.run(_contacts(home)) for home in (on_flag, on_plain)] == [1, 1]
+
+
 ALL_INTERFACES = r"""
 import asyncio, os, sys
 from aether.node.discovery import Discovery

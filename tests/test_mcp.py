@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types import CallToolResult
@@ -46,7 +51,13 @@ READ_TOOLS = {"search_patterns", "fetch_pattern", "list_local_patterns", "node_s
 @asynccontextmanager
 async def mcp_session(home: Path, *options: str) -> AsyncIterator[ClientSession]:
     """``aether-node --home HOME mcp OPTIONS`` as a subprocess, initialised; its stderr must hold no traceback."""
-    params = StdioServerParameters(command=str(EXE), args=["--home", str(home), "mcp", *options])
+    async with launched(StdioServerParameters(command=str(EXE), args=["--home", str(home), "mcp", *options])) as s:
+        yield s
+
+
+@asynccontextmanager
+async def launched(params: StdioServerParameters) -> AsyncIterator[ClientSession]:
+    """The server ``params`` describe, started by the SDK's stdio client and initialised; no traceback on its stderr."""
     with tempfile.TemporaryFile("w+") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write_stream):
             async with ClientSession(read, write_stream, read_timeout_seconds=TIMEOUT) as session:
@@ -171,6 +182,67 @@ async def test_bad_arguments_are_tool_errors(net: Net) -> None:
         assert "patterns" in await call_ok(session, "list_local_patterns")
 
 
+# ---------------------------------------------------------------- status
+async def test_node_status_is_the_daemons_status_as_the_cli_shows_it(net: Net) -> None:
+    daemon = net.daemons["c"]
+    async with mcp_session(net.c) as session:
+        result = await session.call_tool("node_status", {})
+        cli = json.loads((await asyncio.to_thread(ok, net.c, "status", as_json=True)).stdout)
+    assert isinstance(result, CallToolResult) and not result.is_error, result.content
+    status = result.structured_content
+    # The model reads the same facts as text.
+    assert json.loads(result.content[0].text) == status
+
+    assert status["running"] is True
+    assert status["node_id"] == daemon.node_id and status["identity"].startswith("aether1")
+    assert status["pid"] == daemon.proc.pid and status["address"] == daemon.address
+    assert status["role"] == "light"  # C is configured as a light client
+    assert status["network"]["state"] == "joined" and status["network"]["last_error"] is None
+    assert status["peers"]["contacts"] >= 2  # A and B
+    assert status["storage"]["quota_bytes"] > 0
+    assert status["uptime"] >= 0
+    # Field for field what `aether-node --json status` says, but for the clock readings taken at each call.
+    moving = {"uptime", "started_at"}
+    assert set(status) == set(cli)
+    assert {k: v for k, v in status.items() if k not in moving} == {k: v for k, v in cli.items() if k not in moving}
+
+
+# ---------------------------------------------------------------- the README's registration
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_mcp_entry() -> dict[str, Any]:
+    """The ``mcpServers`` entry the README tells users to give their MCP client."""
+    block = re.search(r"```json\n(.*?)```", README.read_text(encoding="utf-8").split("(MCP)", 1)[1], re.S)
+    return json.loads(block[1])["mcpServers"]["aether"]
+
+
+def test_the_readme_names_the_default_home_of_a_linux_user(tmp_path: Path) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the README's example path is the default home on Linux")
+    entry = readme_mcp_entry()
+    assert entry["command"] == "aether-node" and entry["args"][0] == "--home" and entry["args"][2:] == ["mcp"]
+    readme_home = Path(entry["args"][1])
+    env = {k: v for k, v in os.environ.items() if k not in ("AETHER_HOME", "XDG_DATA_HOME")}
+    env["HOME"] = str(Path("/home") / readme_home.relative_to("/home").parts[0])
+    default = subprocess.run(
+        [sys.executable, "-c", "from aether.node.home import resolve_home; print(resolve_home())"],
+        capture_output=True, text=True, env=env, timeout=TIMEOUT, check=True,
+    ).stdout.strip()
+    assert default == str(readme_home)
+
+
+async def test_the_readme_entry_launched_as_an_mcp_client_would_serves_the_named_homes_daemon(net: Net) -> None:
+    entry = readme_mcp_entry()
+    args = [str(net.c) if arg == entry["args"][1] else arg for arg in entry["args"]]
+    # A client launches the bare command name from the PATH it is given.
+    params = StdioServerParameters(command=entry["command"], args=args,
+                                   env={"PATH": f"{EXE.parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    async with launched(params) as session:
+        assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
+        assert (await call_ok(session, "node_status"))["node_id"] == net.id_of("c")
+
+
 # ---------------------------------------------------------------- publish
 async def test_publish_with_allow_publish_reaches_other_nodes(net: Net) -> None:
     text = pattern("Pattern-MCP-020", "Published through MCP", body="Naïve text, «quoted», ends here.").decode()
@@ -208,11 +280,9 @@ async def test_no_daemon_is_a_tool_error_until_one_starts_and_again_after_it_sto
         try:
             await asyncio.to_thread(daemon.wait_ready)
             assert await call_ok(session, "list_local_patterns") == {"patterns": []}
-            # Whatever this daemon makes of "status", the answer is a tool result, not a crash.
-            status = await session.call_tool("node_status", {})
-            assert isinstance(status, CallToolResult)
-            if status.is_error:
-                assert "status" in status.content[0].text
+            status = await call_ok(session, "node_status")
+            assert status["running"] is True and status["pid"] == daemon.proc.pid
+            assert status["node_id"] == daemon.node_id and status["address"] == daemon.address
         finally:
             code = await asyncio.to_thread(daemon.stop)
         assert code == 0, daemon.stderr()

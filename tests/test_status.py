@@ -11,7 +11,9 @@ import asyncio
 import json
 import signal
 import socket
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -268,3 +270,104 @@ def test_publisher_killed_and_restarted_without_bootstrap_rejoins_and_keeps_its_
         codes = [d.stop() for d in daemons]
     assert codes[0] == 0 and codes[-1] == 0, [d.stderr() for d in daemons]
     assert not any("Traceback" in d.stderr() for d in daemons)
+
+
+def test_a_daemon_retries_its_configured_peer_with_growing_back_off_and_joins_once_it_answers(tmp_path: Path) -> None:
+    """The peer comes from config.toml alone; it is silent at first, and a daemon takes its address later."""
+    late, waiting = tmp_path / "late", tmp_path / "waiting"
+    init_homes(late, waiting)
+    configure(late)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    where = f"127.0.0.1:{silent.getsockname()[1]}"
+    configure(waiting, bootstrap=[where], node={"rpc_timeout_initial": 0.2})
+    daemons: list[Daemon] = []
+    try:
+        start(waiting, daemons)  # no --bootstrap
+        backoffs: list[float] = []
+        deadline = time.monotonic() + TIMEOUT
+        while not backoffs or backoffs[-1] < 4:
+            assert time.monotonic() < deadline, f"the back-off never reached 4 s: {backoffs}"
+            s = status_json(waiting)
+            network = s["network"]
+            assert network["state"] in ("joining", "retrying") and s["peers"]["contacts"] == 0, network
+            if network["backoff"] is not None:
+                backoffs.append(network["backoff"])
+            time.sleep(0.1)
+        # Doubling after each unanswered try: 1 s, 2 s, 4 s, ...
+        assert backoffs == sorted(backoffs) and set(backoffs) <= {1, 2, 4}, backoffs
+        assert network["attempts"] >= 3 and where in network["last_error"], network
+
+        silent.close()
+        peer = start(late, daemons, "--listen", where)
+        assert peer.address == where
+        s = wait_network_state(waiting, "joined")
+        assert s["network"]["last_error"] is None and s["peers"]["contacts"] >= 1
+        assert {p["node_id"]: p["address"] for p in ok_json(waiting, "peers")["peers"]} == {peer.node_id: where}
+    finally:
+        silent.close()
+        codes = [d.stop() for d in daemons]
+    assert codes == [0] * len(daemons), [d.stderr() for d in daemons]
+
+
+def saved_contacts(home: Path) -> dict[str, str]:
+    """Node ID -> address of the contacts saved in the home's database, read beside a running daemon."""
+    with closing(sqlite3.connect(f"file:{home / 'node.db'}?mode=ro", uri=True, timeout=5)) as db:
+        return {bytes(n).hex(): f"{h}:{p}" for n, h, p in db.execute("SELECT node_id, host, port FROM contacts")}
+
+
+def test_sigterm_saves_the_contacts_and_closes_the_database_and_the_restart_rejoins_through_them(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    init_homes(first, second)
+    hour = {"contacts_save_interval": 3600}
+    configure(first, node=hour)  # no peer of its own: it only learns of the second when contacted
+    configure(second, node=hour)
+    daemons: list[Daemon] = []
+    try:
+        one, two = start_joined(first, second, daemons)
+        # The save interval is an hour and the first daemon never joined through anyone: nothing saved yet.
+        assert saved_contacts(first) == {}
+
+        assert one.stop() == 0, one.stderr()
+        assert "Traceback" not in one.stderr()
+        # Looked at before the database is read again: a reader opens the log anew.
+        assert not (first / "node.db-wal").exists(), "the database was closed (its log checkpointed away)"
+        assert saved_contacts(first) == {two.node_id: two.address}
+
+        again = start(first, daemons)  # no --bootstrap, none in config.toml: the saved contacts only
+        s = wait_network_state(first, "joined")
+        assert s["pid"] == again.proc.pid and s["network"]["attempts"] >= 1
+        assert two.node_id in {p["node_id"] for p in ok_json(first, "peers")["peers"]}
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes[1:] == [0] * (len(daemons) - 1), [d.stderr() for d in daemons]
+
+
+def test_republish_and_re_replication_run_on_the_intervals_config_toml_sets(tmp_path: Path) -> None:
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    init_homes(fast, slow)
+    configure(fast, node={"republish_interval": 0.5, "replicate_interval": 0.5}, role="full")
+    configure(slow, role="full")  # the defaults: a day and an hour
+    daemons: list[Daemon] = []
+    try:
+        start(fast, daemons)
+        start(slow, daemons)
+        runs: dict[str, list[float]] = {"last_republish": [], "last_replicate": []}
+        deadline = time.monotonic() + TIMEOUT
+        # Each job has run at least twice: a schedule, not a one-off at start.
+        while not all(len(set(times)) >= 2 for times in runs.values()):
+            assert time.monotonic() < deadline, runs
+            s = status_json(fast)
+            for name, times in runs.items():
+                if s[name] is not None:
+                    times.append(s[name])
+            time.sleep(0.2)
+        assert all(times == sorted(times) for times in runs.values()), runs
+        s = status_json(slow)
+        assert s["last_republish"] is None and s["last_replicate"] is None
+        assert "last republish:      never" in ok(slow, "status").stdout
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes == [0] * len(daemons), [d.stderr() for d in daemons]
