@@ -92,7 +92,10 @@ class DaemonInfo:
 def lock_home(home: Home, busy: str | None = None) -> IO:
     """Hold an exclusive lock on the home while a node runs on it (a daemon, or a one-shot command)."""
     path = home.path / LOCK_NAME
-    handle = open(path, "a+")
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise DaemonError(f"cannot write in {home.path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

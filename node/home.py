@@ -117,11 +117,16 @@ class Home:
             identity = Identity.generate()
             try:
                 identity.save(self.path)
+            except IdentityError as exc:
+                raise HomeError(str(exc)) from None
             except OSError as exc:
                 raise HomeError(f"cannot write keys in {self.path}: {exc.strerror}") from None
             created = True
         if not self.config_path.exists():
-            self.config_path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+            try:
+                self.config_path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+            except OSError as exc:
+                raise HomeError(f"cannot write {self.config_path}: {exc.strerror}") from None
         return self.identity(), created
 
     def identity(self) -> Identity:

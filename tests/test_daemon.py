@@ -366,8 +366,6 @@ def test_the_prefix_really_makes_a_read_only_home_unwritable(home: Path, as_owne
     assert touched.returncode != 0 and not (home / "probe").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="lock_home opens daemon.lock unguarded: an unwritable home ends in a "
-                                       "PermissionError traceback instead of an Error: line")
 @pytest.mark.parametrize("command", [["daemon", "--listen", "127.0.0.1:0"], ["ls"], ["status"]],
                          ids=["daemon", "ls", "status"])
 def test_a_home_that_cannot_be_written_is_a_clear_error(home: Path, as_owner_only: list[str], command) -> None:
@@ -387,8 +385,6 @@ def test_a_home_made_read_only_after_a_run_is_a_clear_error(home: Path, as_owner
     assert_clean_failure(result, "node.db", "readonly")
 
 
-@pytest.mark.xfail(strict=True, reason="Home.init catches OSError only: the IdentityError of a key file that "
-                                       "cannot be created, and the PermissionError of config.toml, escape as tracebacks")
 @pytest.mark.parametrize("keys", [False, True], ids=["no-keys-yet", "keys-but-no-config"])
 def test_init_in_a_home_that_cannot_be_written_is_a_clear_error(
     tmp_path: Path, as_owner_only: list[str], keys: bool
