@@ -689,6 +689,11 @@ class AetherNode(Server):
     async def refresh_buckets(self) -> None:
         quiet_since = time.monotonic() - self.config.refresh_interval
         targets = [self.node.id]
+        if self.light:
+            # On battery only our own neighbourhood is kept fresh (what our own lookups
+            # start from); far buckets wait until the device serves fully again.
+            await self.lookup(self.node.id)
+            return
         for bucket in self.protocol.router.buckets:
             if bucket.last_updated < quiet_since:
                 targets.append(random_id_in(bucket.range))

@@ -141,3 +141,28 @@ async def test_always_on_desktops_carry_most_replicas(tmp_path: Path) -> None:
                     placed["desktop" if node.node.id in desktops else "other"] += 1
         assert sum(placed.values()) >= k * len(documents) - 2  # a STORE may go unanswered on a loaded machine
         assert placed["desktop"] > by_distance["desktop"], (placed, by_distance)
+
+
+async def test_a_light_node_refreshes_only_its_own_neighbourhood(tmp_path: Path, monkeypatch) -> None:
+    from .test_patterns import count_calls
+
+    async with local_network(tmp_path / "net", 12, QUIET, seed=4) as nodes:
+        node = nodes[0]
+        buckets = node.protocol.router.buckets
+
+        def all_quiet() -> None:  # as if no lookup had touched any bucket for hours
+            for bucket in buckets:
+                bucket.last_updated = time.monotonic() - 2 * QUIET.refresh_interval
+
+        lookups = count_calls(monkeypatch, node, "lookup")
+        all_quiet()
+        await node.refresh_buckets()
+        assert len(lookups) == 1 + len(buckets)  # its own ID, and one per quiet bucket
+        lookups.clear()
+        node.light = True
+        all_quiet()
+        await node.refresh_buckets()
+        assert [args[0] for args in lookups] == [node.node.id]
+        # A light node queues no hand-off for a new contact and re-replicates nothing.
+        node.on_new_contact(nodes[1].protocol.source_node)
+        assert not node.busy
