@@ -8,9 +8,14 @@ and pycryptodome for every primitive and hand-rolls none.
   of the N members can rebuild it and fewer learn nothing.
 - A commitment (an HMAC of the team and epoch under the key) is published with the team,
   so whoever combines K shares can tell the real key from the garbage a bad share gives.
+- Shares and unlock answers travel sealed to one member (ephemeral X25519, HKDF-SHA256,
+  AES-256-GCM), bound to their purpose, team, epoch and recipient.
+- Patterns, summaries, DHT locators, the copy kept at rest and the chain of older keys
+  all derive from the epoch key.
 
 Every function checks its arguments and raises a TeamCryptoError subclass that says what
-is wrong.
+is wrong; nothing decrypts to garbage: authenticated decryption either returns the
+plaintext that was sealed or raises DecryptionError.
 """
 
 from __future__ import annotations
@@ -25,38 +30,73 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from Crypto.Protocol.SecretSharing import Shamir
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .identity import IdentityError, check_signing_public
+from .identity import Identity, IdentityError, PublicIdentity, check_signing_public
 
 __all__ = [
     "COMMITMENT_BYTES",
     "KEY_BYTES",
+    "LOCATOR_BYTES",
+    "LOCATOR_LABELS",
     "MAX_COMBINATIONS",
     "MAX_EPOCH",
     "MAX_MEMBERS",
+    "PATTERN_MAGIC",
+    "SEAL_PURPOSES",
     "SHARE_BYTES",
     "TEAM_ID_BYTES",
+    "DecryptionError",
+    "FormatError",
     "ShareCheck",
     "ShareError",
     "TeamCryptoError",
+    "blob_header",
+    "chain_previous",
     "check_commitment",
     "combine_shares",
     "commitment",
+    "decrypt_pattern",
+    "decrypt_summary",
+    "encrypt_pattern",
+    "encrypt_summary",
     "find_bad_shares",
+    "locator",
     "new_team_id",
     "new_team_key",
+    "open_at_rest",
+    "open_sealed",
+    "seal",
+    "seal_at_rest",
     "share_index",
     "split_key",
+    "unchain_previous",
 ]
 
 KEY_BYTES = 32
 TEAM_ID_BYTES = 20
 COMMITMENT_BYTES = 32
+LOCATOR_BYTES = 20
 MAX_MEMBERS = 255  # a share's index is one byte, and index 0 would be the key itself
 MAX_EPOCH = 2**63 - 1  # epochs travel as 8 bytes and are stored as SQLite integers
 
 _HALF = 16  # pycryptodome's Shamir shares 16-byte secrets
 SHARE_BYTES = 1 + 2 * _HALF  # index || share of half 1 || share of half 2
+
+_NONCE = 12
+_TAG = 16
+_X25519 = 32
+
+PATTERN_MAGIC = b"ATP1"
+_PATTERN_HEADER = len(PATTERN_MAGIC) + TEAM_ID_BYTES + 8  # magic || team ID || epoch
+
+SEAL_PURPOSES = frozenset({"share", "unlock-answer"})
+# No label is a prefix of another, so `label || value` is never ambiguous.
+LOCATOR_LABELS = frozenset({"pattern", "id", "term"})
 
 # find_bad_shares combines at most this many K-subsets by default. One combination of
 # a 32-byte key costs ~4 ms at K = 3 (pycryptodome's GF(2^128) is pure Python) and
@@ -66,6 +106,10 @@ MAX_COMBINATIONS = 10_000
 
 _TEAM_ID_DOMAIN = b"aether-team\0"
 _COMMIT_DOMAIN = b"aether-team-commit\0"
+_SEAL_DOMAIN = b"aether-seal-v1\0"
+_PATTERN_DOMAIN = b"aether-team-pattern\0"
+_SUMMARY_DOMAIN = b"aether-team-summary\0"
+_AT_REST_DOMAIN = b"aether-team-at-rest-v1\0"
 _TEAM_ID_SALT_BYTES = 16
 
 
@@ -75,6 +119,19 @@ class TeamCryptoError(ValueError):
 
 class ShareError(TeamCryptoError):
     """Shares that cannot be combined: malformed, index 0, a duplicate index, or too few."""
+
+
+class FormatError(TeamCryptoError):
+    """Bytes without the layout they claim (sealed box, team blob, summary, sealed key)."""
+
+
+class DecryptionError(TeamCryptoError):
+    """Authenticated decryption failed.
+
+    AES-GCM cannot tell why: the key (or recipient) is wrong, the bound context (purpose,
+    team, epoch) differs from the one used when sealing, or the bytes were altered. The
+    message lists what to check; no plaintext is ever returned in that case.
+    """
 
 
 # --- arguments --------------------------------------------------------------------------
@@ -105,6 +162,12 @@ def _epoch_bytes(epoch: object, what: str = "epoch") -> bytes:
     if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCH:
         raise TeamCryptoError(f"{what} must be an integer from 0 to 2**63 - 1, got {epoch!r}")
     return epoch.to_bytes(8, "big")
+
+
+def _check_data(data: object, what: str) -> bytes:
+    if not isinstance(data, bytes):
+        raise TeamCryptoError(f"{what} must be bytes, got {type(data).__name__}")
+    return data
 
 
 def _check_int(value: object, what: str) -> int:
@@ -430,3 +493,297 @@ def _subsets(
         if subset not in tried:
             tried.add(subset)
             yield subset
+
+
+# --- sealing to a member ------------------------------------------------------------------
+
+
+def _check_purpose(purpose: object) -> bytes:
+    if not isinstance(purpose, str) or purpose not in SEAL_PURPOSES:
+        raise TeamCryptoError(
+            f"purpose must be one of {sorted(SEAL_PURPOSES)}, got {purpose!r}"
+        )
+    return purpose.encode("ascii")
+
+
+def _seal_key(shared: bytes, ephemeral_public: bytes, sealing_public: bytes, purpose: bytes) -> bytes:
+    # Both public keys go into the derivation: X25519 ignores the top bit of a public key,
+    # so without them an altered ephemeral key could still open the box.
+    info = _SEAL_DOMAIN + ephemeral_public + sealing_public + purpose
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+
+
+def seal(
+    recipient: PublicIdentity, plaintext: bytes, *, purpose: str, team_id: bytes, epoch: int
+) -> bytes:
+    """Encrypt `plaintext` so that only `recipient` can open it, for one purpose, team and epoch.
+
+    Ephemeral X25519 with the recipient's sealing key, HKDF-SHA256 to an AES-256-GCM key,
+    random 12-byte nonce; the associated data binds purpose, team ID, epoch and the
+    recipient's signing key, so a box cannot be replayed into another context or passed
+    off as meant for someone else. Layout: ephemeral public (32) || nonce (12) ||
+    ciphertext + tag (16). The sender is anonymous: authenticate it by signing what
+    carries the box.
+    """
+    if not isinstance(recipient, PublicIdentity):
+        raise TeamCryptoError(f"recipient must be a PublicIdentity, got {type(recipient).__name__}")
+    plaintext = _check_data(plaintext, "plaintext")
+    label = _check_purpose(purpose)
+    associated = label + _check_team_id(team_id) + _epoch_bytes(epoch) + recipient.signing_public
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_public = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.sealing_public))
+    key = _seal_key(shared, ephemeral_public, recipient.sealing_public, label)
+    nonce = os.urandom(_NONCE)
+    return ephemeral_public + nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def open_sealed(identity: Identity, sealed: bytes, *, purpose: str, team_id: bytes, epoch: int) -> bytes:
+    """Open a box made by seal() for this identity, purpose, team and epoch.
+
+    Raises FormatError if `sealed` is too short to be a box, DecryptionError if it was
+    sealed to someone else, for another purpose, team or epoch, or altered.
+    """
+    if not isinstance(identity, Identity):
+        raise TeamCryptoError(f"identity must be an Identity, got {type(identity).__name__}")
+    sealed = _check_data(sealed, "sealed box")
+    label = _check_purpose(purpose)
+    public = identity.public
+    associated = label + _check_team_id(team_id) + _epoch_bytes(epoch) + public.signing_public
+    if len(sealed) < _X25519 + _NONCE + _TAG:
+        raise FormatError(
+            f"sealed box is {len(sealed)} bytes, shorter than the {_X25519 + _NONCE + _TAG} "
+            "of an empty one"
+        )
+    ephemeral_public = sealed[:_X25519]
+    nonce = sealed[_X25519 : _X25519 + _NONCE]
+    try:
+        shared = identity.sealing_private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
+    except ValueError as exc:  # a low-order point gives an all-zero secret, refused by OpenSSL
+        raise DecryptionError("sealed box carries an unusable ephemeral key: it was altered") from exc
+    key = _seal_key(shared, ephemeral_public, public.sealing_public, label)
+    try:
+        return AESGCM(key).decrypt(nonce, sealed[_X25519 + _NONCE :], associated)
+    except InvalidTag:
+        raise DecryptionError(
+            f"cannot open sealed box: it is not sealed to this identity, or was sealed for "
+            f"another purpose than {purpose!r}, another team or epoch than "
+            f"{team_id.hex()}/{epoch}, or it was altered"
+        ) from None
+
+
+# --- authenticated encryption under a key ---------------------------------------------------
+
+
+def _encrypt(key: bytes, plaintext: bytes, associated: bytes, prefix: bytes = b"") -> bytes:
+    """`prefix || nonce || ciphertext + tag`, with a fresh random nonce; one copy of the
+    ciphertext (a pattern is up to megabytes)."""
+    nonce = os.urandom(_NONCE)
+    return prefix + nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def _decrypt(key: bytes, data: bytes, associated: bytes, what: str, why: str, start: int = 0) -> bytes:
+    """Open `nonce || ciphertext + tag` found at data[start:] (a view: a pattern is not copied)."""
+    data = _check_data(data, what)
+    if len(data) - start < _NONCE + _TAG:
+        raise FormatError(
+            f"{what} is {len(data) - start} bytes, shorter than the {_NONCE + _TAG} of an empty one"
+        )
+    view = memoryview(data)
+    try:
+        return AESGCM(key).decrypt(view[start : start + _NONCE], view[start + _NONCE :], associated)
+    except InvalidTag:
+        raise DecryptionError(f"cannot decrypt {what}: {why}, or it was altered") from None
+
+
+# --- team patterns ------------------------------------------------------------------------
+
+
+def encrypt_pattern(key: bytes, team_id: bytes, epoch: int, plaintext: bytes) -> bytes:
+    """The published blob of a team pattern: "ATP1" || team ID || epoch || nonce || ciphertext + tag.
+
+    AES-256-GCM under the epoch key with AD "aether-team-pattern\\0" || team ID || epoch,
+    so the clear header cannot be changed without the blob failing to decrypt. The
+    plaintext's hash is not included: a reader checks the decrypted bytes against the
+    hash it looked for.
+    """
+    key = _check_key(key)
+    header = PATTERN_MAGIC + _check_team_id(team_id) + _epoch_bytes(epoch)
+    plaintext = _check_data(plaintext, "plaintext")
+    return _encrypt(key, plaintext, _PATTERN_DOMAIN + header[len(PATTERN_MAGIC) :], prefix=header)
+
+
+def blob_header(blob: bytes) -> tuple[bytes, int]:
+    """(team ID, epoch) of a team pattern blob, read without a key: which key to use.
+
+    Raises FormatError if `blob` is not an "ATP1" blob. The header is only a hint until
+    decrypt_pattern() authenticates it.
+    """
+    blob = _check_data(blob, "team pattern blob")
+    if len(blob) < _PATTERN_HEADER + _NONCE + _TAG:
+        raise FormatError(
+            f"team pattern blob is {len(blob)} bytes, shorter than the "
+            f"{_PATTERN_HEADER + _NONCE + _TAG} of an empty pattern"
+        )
+    if blob[: len(PATTERN_MAGIC)] != PATTERN_MAGIC:
+        raise FormatError(f"not a team pattern blob: it starts with {blob[:4]!r}, not {PATTERN_MAGIC!r}")
+    team_id = blob[len(PATTERN_MAGIC) : len(PATTERN_MAGIC) + TEAM_ID_BYTES]
+    epoch = int.from_bytes(blob[len(PATTERN_MAGIC) + TEAM_ID_BYTES : _PATTERN_HEADER], "big")
+    if epoch > MAX_EPOCH:
+        raise FormatError(f"team pattern blob claims epoch {epoch}, beyond 2**63 - 1")
+    return team_id, epoch
+
+
+def decrypt_pattern(key: bytes, blob: bytes) -> tuple[bytes, int, bytes]:
+    """(team ID, epoch, plaintext) of a blob made by encrypt_pattern().
+
+    Raises FormatError for something that is not a blob, DecryptionError when `key` is not
+    the key of the team and epoch in its header or any byte was changed.
+    """
+    key = _check_key(key)
+    team_id, epoch = blob_header(blob)
+    plaintext = _decrypt(
+        key,
+        blob,
+        _PATTERN_DOMAIN + blob[len(PATTERN_MAGIC) : _PATTERN_HEADER],
+        "team pattern blob",
+        f"the key is not the key of team {team_id.hex()} epoch {epoch}",
+        start=_PATTERN_HEADER,
+    )
+    return team_id, epoch, plaintext
+
+
+# --- locators and summaries -----------------------------------------------------------------
+
+
+def locator(key: bytes, label: str, value: bytes | str) -> bytes:
+    """A 20-byte DHT key for a team fact: HMAC-SHA256(epoch key, label || value)[:20].
+
+    Without the key nobody can tell which pattern, ID or term a locator stands for.
+    Labels: "pattern" (value: the plaintext hash, as 32 raw bytes or 64 hex digits, both
+    giving the same locator), "id" (a pattern ID) and "term" (an index term, as the index
+    normalises it); text is taken as UTF-8.
+    """
+    key = _check_key(key)
+    if not isinstance(label, str) or label not in LOCATOR_LABELS:
+        raise TeamCryptoError(f"locator label must be one of {sorted(LOCATOR_LABELS)}, got {label!r}")
+    if label == "pattern":
+        data = _pattern_hash(value)
+    elif isinstance(value, str):
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TeamCryptoError(f"locator value for {label!r} is not valid Unicode text") from exc
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise TeamCryptoError(f"locator value must be bytes or text, got {type(value).__name__}")
+    return hmac.new(key, label.encode("ascii") + data, hashlib.sha256).digest()[:LOCATOR_BYTES]
+
+
+def _pattern_hash(value: object) -> bytes:
+    if isinstance(value, bytes) and len(value) == 32:
+        return value
+    if isinstance(value, str) and len(value) == 64:
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    raise TeamCryptoError(
+        f"a pattern locator takes the SHA-256 of the plaintext as 32 bytes or 64 hex digits, "
+        f"got {_describe(value) if isinstance(value, bytes) else repr(value)}"
+    )
+
+
+def encrypt_summary(key: bytes, team_id: bytes, epoch: int, data: bytes) -> bytes:
+    """Encrypt a team entry's summary: nonce (12) || AES-256-GCM ciphertext + tag.
+
+    AD "aether-team-summary\\0" || team ID || epoch keeps a summary from being moved to
+    another team or epoch.
+    """
+    key = _check_key(key)
+    associated = _SUMMARY_DOMAIN + _check_team_id(team_id) + _epoch_bytes(epoch)
+    return _encrypt(key, _check_data(data, "summary"), associated)
+
+
+def decrypt_summary(key: bytes, team_id: bytes, epoch: int, data: bytes) -> bytes:
+    """Decrypt what encrypt_summary() made for this team and epoch, or raise DecryptionError."""
+    key = _check_key(key)
+    associated = _SUMMARY_DOMAIN + _check_team_id(team_id) + _epoch_bytes(epoch)
+    return _decrypt(
+        key, data, associated, "encrypted summary", f"the key is not the key of team {team_id.hex()} epoch {epoch}"
+    )
+
+
+# --- the unlocked key at rest and the chain of epoch keys ---------------------------------------
+
+
+def _at_rest_key(identity: Identity) -> bytes:
+    if not isinstance(identity, Identity):
+        raise TeamCryptoError(f"identity must be an Identity, got {type(identity).__name__}")
+    # The raw private key stays local to this call; HKDF with a label of its own keeps the
+    # derived key unrelated to anything the X25519 key is used for elsewhere.
+    secret = identity.sealing_private_key.private_bytes_raw()
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_AT_REST_DOMAIN).derive(secret)
+
+
+def seal_at_rest(identity: Identity, team_id: bytes, epoch: int, key: bytes) -> bytes:
+    """Encrypt an unlocked epoch key for this node's store: nonce || ciphertext + tag (60 bytes).
+
+    AES-256-GCM under HKDF-SHA256(the node's X25519 private key), AD = team ID || epoch.
+    The store alone does not reveal the key; the node's key files do, so this protects a
+    copied database, not a copied home.
+    """
+    key = _check_key(key)
+    associated = _check_team_id(team_id) + _epoch_bytes(epoch)
+    return _encrypt(_at_rest_key(identity), key, associated)
+
+
+def open_at_rest(identity: Identity, team_id: bytes, epoch: int, sealed: bytes) -> bytes:
+    """The epoch key seal_at_rest() stored, or DecryptionError for another node, team or epoch."""
+    associated = _check_team_id(team_id) + _epoch_bytes(epoch)
+    key = _decrypt(
+        _at_rest_key(identity),
+        sealed,
+        associated,
+        "key sealed at rest",
+        f"it was sealed by another node, or for another team or epoch than {team_id.hex()}/{epoch}",
+    )
+    return _check_key(key, "key opened at rest")
+
+
+def chain_previous(new_key: bytes, team_id: bytes, old_epoch: int, old_key: bytes) -> bytes:
+    """`sealed_previous` of the epoch old_epoch + 1 descriptor: the old key under the new one.
+
+    AES-256-GCM, nonce (12) || ciphertext + tag, AD = team ID || old epoch. Whoever unlocks
+    the newest epoch can walk back to every older key; the chain never runs forward.
+    """
+    new_key = _check_key(new_key, "new epoch key")
+    old_key = _check_key(old_key, "old epoch key")
+    associated = _check_team_id(team_id) + _check_old_epoch(old_epoch)
+    return _encrypt(new_key, old_key, associated)
+
+
+def unchain_previous(new_key: bytes, team_id: bytes, old_epoch: int, sealed_previous: bytes) -> bytes:
+    """The epoch old_epoch key from the `sealed_previous` of epoch old_epoch + 1.
+
+    Raises DecryptionError if `new_key` is not the next epoch's key or team and epoch do not
+    match what was chained.
+    """
+    new_key = _check_key(new_key, "new epoch key")
+    associated = _check_team_id(team_id) + _check_old_epoch(old_epoch)
+    key = _decrypt(
+        new_key,
+        sealed_previous,
+        associated,
+        "sealed previous key",
+        f"the key is not the key of epoch {old_epoch + 1} of team {team_id.hex()}",
+    )
+    return _check_key(key, "previous epoch key")
+
+
+def _check_old_epoch(old_epoch: object) -> bytes:
+    encoded = _epoch_bytes(old_epoch, "old epoch")
+    if old_epoch == MAX_EPOCH:
+        raise TeamCryptoError("old epoch is the last one: there is no next epoch to chain from")
+    return encoded

@@ -15,28 +15,50 @@ from aether.crypto.identity import Identity
 from aether.crypto.teams import (
     COMMITMENT_BYTES,
     KEY_BYTES,
+    LOCATOR_BYTES,
     MAX_EPOCH,
+    PATTERN_MAGIC,
     SHARE_BYTES,
     TEAM_ID_BYTES,
+    DecryptionError,
+    FormatError,
     ShareError,
     TeamCryptoError,
+    blob_header,
+    chain_previous,
     check_commitment,
     combine_shares,
     commitment,
+    decrypt_pattern,
+    decrypt_summary,
+    encrypt_pattern,
+    encrypt_summary,
     find_bad_shares,
+    locator,
     new_team_id,
     new_team_key,
+    open_at_rest,
+    open_sealed,
+    seal,
+    seal_at_rest,
     share_index,
     split_key,
+    unchain_previous,
 )
 
 TEAM = bytes(range(20))
 OTHER_TEAM = bytes(range(1, 21))
 KEY = bytes(range(32))
+MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def alice() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture(scope="module")
+def bob() -> Identity:
     return Identity.generate()
 
 
@@ -344,8 +366,259 @@ def test_find_bad_shares_stops_at_its_bound() -> None:
     assert find_bad_shares(shares, 3, TEAM, 0, c) == (key, {"member-1"})
 
 
+# --- sealing to a member ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("purpose", ["share", "unlock-answer"])
+@pytest.mark.parametrize("plaintext", [b"", b"x", bytes(range(256)) * 40])
+def test_sealed_boxes_open_for_their_recipient(alice: Identity, purpose: str, plaintext: bytes) -> None:
+    box = seal(alice.public, plaintext, purpose=purpose, team_id=TEAM, epoch=3)
+    assert len(box) == 32 + 12 + len(plaintext) + 16
+    assert open_sealed(alice, box, purpose=purpose, team_id=TEAM, epoch=3) == plaintext
+
+
+def test_sealing_twice_gives_different_boxes(alice: Identity) -> None:
+    one = seal(alice.public, b"share", purpose="share", team_id=TEAM, epoch=0)
+    two = seal(alice.public, b"share", purpose="share", team_id=TEAM, epoch=0)
+    assert one[:32] != two[:32] and one[44:] != two[44:]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"purpose": "unlock-answer"},
+        {"team_id": OTHER_TEAM},
+        {"epoch": 4},
+        {"epoch": 2},
+    ],
+)
+def test_a_box_opens_only_in_its_own_context(alice: Identity, change: dict) -> None:
+    context = {"purpose": "share", "team_id": TEAM, "epoch": 3}
+    box = seal(alice.public, b"the share", **context)
+    with pytest.raises(DecryptionError, match="cannot open sealed box"):
+        open_sealed(alice, box, **{**context, **change})
+
+
+def test_a_box_opens_only_for_its_recipient(alice: Identity, bob: Identity) -> None:
+    box = seal(alice.public, b"the share", purpose="share", team_id=TEAM, epoch=0)
+    with pytest.raises(DecryptionError, match="not sealed to this identity"):
+        open_sealed(bob, box, purpose="share", team_id=TEAM, epoch=0)
+
+
+def test_every_altered_byte_of_a_box_is_detected(alice: Identity) -> None:
+    """Ephemeral key (including the top bit X25519 itself ignores), nonce, ciphertext, tag."""
+    box = seal(alice.public, b"share bytes", purpose="share", team_id=TEAM, epoch=1)
+    for position in range(len(box)):
+        for mask in (0x01, 0x80):
+            with pytest.raises(DecryptionError):
+                open_sealed(alice, flipped(box, position, mask), purpose="share", team_id=TEAM, epoch=1)
+    for cut in (box[:-1], box + b"\0", box[:32] + box[33:]):
+        with pytest.raises(DecryptionError):
+            open_sealed(alice, cut, purpose="share", team_id=TEAM, epoch=1)
+
+
+def test_short_and_degenerate_boxes_are_refused(alice: Identity) -> None:
+    with pytest.raises(FormatError, match="shorter than the 60"):
+        open_sealed(alice, bytes(59), purpose="share", team_id=TEAM, epoch=0)
+    with pytest.raises(DecryptionError, match="ephemeral key"):
+        open_sealed(alice, bytes(80), purpose="share", team_id=TEAM, epoch=0)
+
+
+def test_seal_refuses_bad_arguments(alice: Identity) -> None:
+    context = {"purpose": "share", "team_id": TEAM, "epoch": 0}
+    with pytest.raises(TeamCryptoError, match="purpose must be one of"):
+        seal(alice.public, b"x", **{**context, "purpose": "other"})
+    with pytest.raises(TeamCryptoError, match="purpose must be one of"):
+        open_sealed(alice, bytes(80), **{**context, "purpose": ["share"]})  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="recipient must be a PublicIdentity"):
+        seal(alice.public.to_string(), b"x", **context)  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="identity must be an Identity"):
+        open_sealed(alice.public, bytes(80), **context)  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="plaintext must be bytes"):
+        seal(alice.public, "text", **context)  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="team ID must be 20 bytes"):
+        seal(alice.public, b"x", **{**context, "team_id": TEAM.hex()})
+    with pytest.raises(TeamCryptoError, match="epoch"):
+        seal(alice.public, b"x", **{**context, "epoch": -1})
+
+
+def test_a_sealed_share_round_trip(alice: Identity, bob: Identity) -> None:
+    """The ceremony in small: split, seal one share to each member, open, combine."""
+    key = new_team_key()
+    members = [alice, bob, Identity.generate()]
+    boxes = [
+        seal(m.public, share, purpose="share", team_id=TEAM, epoch=0)
+        for m, share in zip(members, split_key(key, 2, 3))
+    ]
+    opened = [open_sealed(m, box, purpose="share", team_id=TEAM, epoch=0) for m, box in zip(members, boxes)]
+    assert combine_shares(opened[1:]) == key
+
+
+# --- team patterns --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plaintext", [b"", b"# Pattern\n", bytes(range(256)) * (4 * 1024)], ids=["empty", "small", "1MiB"])
+def test_patterns_round_trip(plaintext: bytes) -> None:
+    blob = encrypt_pattern(KEY, TEAM, 9, plaintext)
+    assert len(blob) == 4 + 20 + 8 + 12 + len(plaintext) + 16
+    assert blob.startswith(PATTERN_MAGIC + TEAM + (9).to_bytes(8, "big"))
+    assert blob_header(blob) == (TEAM, 9)
+    assert decrypt_pattern(KEY, blob) == (TEAM, 9, plaintext)
+    if plaintext:
+        assert plaintext not in blob
+
+
+def test_a_mebibyte_pattern_is_one_mebibyte_of_ciphertext() -> None:
+    assert len(encrypt_pattern(KEY, TEAM, 0, bytes(MIB))) == MIB + 60
+
+
+def test_every_region_of_a_pattern_blob_is_authenticated() -> None:
+    plaintext = b"team-only text " * 10
+    blob = encrypt_pattern(KEY, TEAM, 2, plaintext)
+    for position in range(len(blob)):
+        changed = flipped(blob, position)
+        expected = FormatError if position < len(PATTERN_MAGIC) else DecryptionError
+        with pytest.raises(expected):
+            decrypt_pattern(KEY, changed)
+    with pytest.raises(DecryptionError):
+        decrypt_pattern(KEY, blob[:-1])
+    with pytest.raises(DecryptionError):
+        decrypt_pattern(KEY, blob + b"\0")
+
+
+def test_a_pattern_decrypts_only_with_its_own_key_team_and_epoch() -> None:
+    blob = encrypt_pattern(KEY, TEAM, 2, b"secret")
+    with pytest.raises(DecryptionError, match=f"team {TEAM.hex()} epoch 2"):
+        decrypt_pattern(new_team_key(), blob)
+    moved_team = PATTERN_MAGIC + OTHER_TEAM + blob[24:]
+    assert blob_header(moved_team) == (OTHER_TEAM, 2)
+    with pytest.raises(DecryptionError):
+        decrypt_pattern(KEY, moved_team)
+    moved_epoch = blob[:24] + (3).to_bytes(8, "big") + blob[32:]
+    with pytest.raises(DecryptionError):
+        decrypt_pattern(KEY, moved_epoch)
+
+
+def test_blob_header_refuses_what_is_not_a_blob() -> None:
+    blob = encrypt_pattern(KEY, TEAM, 0, b"")
+    with pytest.raises(FormatError, match="shorter than the 60"):
+        blob_header(blob[:-1])
+    with pytest.raises(FormatError, match="not a team pattern blob"):
+        blob_header(b"# Pa" + blob[4:])
+    with pytest.raises(FormatError, match="beyond"):
+        blob_header(blob[:24] + b"\xff" * 8 + blob[32:])
+    with pytest.raises(TeamCryptoError, match="must be bytes"):
+        blob_header(bytearray(blob))  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="team key must be 32 bytes"):
+        decrypt_pattern(KEY[:16], blob)
+    with pytest.raises(TeamCryptoError, match="plaintext must be bytes"):
+        encrypt_pattern(KEY, TEAM, 0, "text")  # type: ignore[arg-type]
+
+
+# --- locators and summaries -------------------------------------------------------------
+
+
+def test_locators_depend_on_key_label_and_value() -> None:
+    digest = hashlib.sha256(b"pattern").digest()
+    values = {
+        locator(KEY, "pattern", digest),
+        locator(KEY, "id", "Pattern-DHT-001"),
+        locator(KEY, "id", "Pattern-DHT-002"),
+        locator(KEY, "term", "kademlia"),
+        locator(KEY, "id", "kademlia"),
+        locator(new_team_key(), "term", "kademlia"),
+    }
+    assert len(values) == 6 and all(len(v) == LOCATOR_BYTES for v in values)
+    assert locator(KEY, "term", "kademlia") == locator(KEY, "term", b"kademlia")
+    assert locator(KEY, "pattern", digest) == locator(KEY, "pattern", digest.hex())
+    assert locator(KEY, "pattern", digest) == locator(KEY, "pattern", digest.hex().upper())
+    assert locator(KEY, "term", "kademlia") != hashlib.sha256(b"termkademlia").digest()[:20]
+
+
+def test_locators_refuse_unknown_labels_and_malformed_hashes() -> None:
+    with pytest.raises(TeamCryptoError, match="label must be one of"):
+        locator(KEY, "terms", "x")
+    for bad in (b"\0" * 31, "ab" * 31, "zz" * 32, b"ab" * 32, 5):
+        with pytest.raises(TeamCryptoError, match="SHA-256 of the plaintext"):
+            locator(KEY, "pattern", bad)  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="bytes or text"):
+        locator(KEY, "id", 5)  # type: ignore[arg-type]
+
+
+def test_summaries_round_trip_and_bind_team_and_epoch() -> None:
+    sealed = encrypt_summary(KEY, TEAM, 4, b"title and words")
+    assert b"title" not in sealed and len(sealed) == 12 + 15 + 16
+    assert decrypt_summary(KEY, TEAM, 4, sealed) == b"title and words"
+    assert decrypt_summary(KEY, TEAM, 4, encrypt_summary(KEY, TEAM, 4, b"")) == b""
+    for key, team, epoch in ((new_team_key(), TEAM, 4), (KEY, OTHER_TEAM, 4), (KEY, TEAM, 5)):
+        with pytest.raises(DecryptionError, match="cannot decrypt encrypted summary"):
+            decrypt_summary(key, team, epoch, sealed)
+    for position in range(len(sealed)):
+        with pytest.raises(DecryptionError):
+            decrypt_summary(KEY, TEAM, 4, flipped(sealed, position))
+    with pytest.raises(FormatError, match="shorter"):
+        decrypt_summary(KEY, TEAM, 4, sealed[:27])
+
+
+def test_summaries_and_patterns_do_not_stand_in_for_each_other() -> None:
+    blob = encrypt_pattern(KEY, TEAM, 4, b"words")
+    with pytest.raises(DecryptionError):
+        decrypt_summary(KEY, TEAM, 4, blob[32:])
+    summary = encrypt_summary(KEY, TEAM, 4, b"words")
+    with pytest.raises(DecryptionError):
+        decrypt_pattern(KEY, blob[:32] + summary)
+
+
+# --- at rest and the key chain ---------------------------------------------------------------
+
+
+def test_at_rest_round_trip_survives_reloading_the_identity(tmp_path, alice: Identity) -> None:
+    identity = Identity.generate()
+    identity.save(tmp_path)
+    sealed = seal_at_rest(identity, TEAM, 3, KEY)
+    assert len(sealed) == 60 and KEY not in sealed
+    assert open_at_rest(Identity.load(tmp_path), TEAM, 3, sealed) == KEY
+
+
+def test_at_rest_opens_only_for_its_node_team_and_epoch(alice: Identity, bob: Identity) -> None:
+    sealed = seal_at_rest(alice, TEAM, 3, KEY)
+    with pytest.raises(DecryptionError, match="sealed by another node"):
+        open_at_rest(bob, TEAM, 3, sealed)
+    for team, epoch in ((OTHER_TEAM, 3), (TEAM, 2)):
+        with pytest.raises(DecryptionError):
+            open_at_rest(alice, team, epoch, sealed)
+    for position in range(len(sealed)):
+        with pytest.raises(DecryptionError):
+            open_at_rest(alice, TEAM, 3, flipped(sealed, position))
+    with pytest.raises(TeamCryptoError, match="identity must be an Identity"):
+        seal_at_rest(alice.public, TEAM, 3, KEY)  # type: ignore[arg-type]
+    with pytest.raises(TeamCryptoError, match="team key must be 32 bytes"):
+        seal_at_rest(alice, TEAM, 3, KEY[:-1])
+
+
+def test_the_key_chain_walks_back_and_only_back() -> None:
+    keys = [new_team_key() for _ in range(4)]
+    chain = {e: chain_previous(keys[e + 1], TEAM, e, keys[e]) for e in range(3)}
+    key = keys[3]
+    for epoch in (2, 1, 0):
+        key = unchain_previous(key, TEAM, epoch, chain[epoch])
+        assert key == keys[epoch]
+    with pytest.raises(DecryptionError, match="not the key of epoch 2"):
+        unchain_previous(keys[0], TEAM, 1, chain[1])  # an old key does not open a newer one
+    with pytest.raises(DecryptionError):
+        unchain_previous(keys[2], TEAM, 0, chain[1])
+    with pytest.raises(DecryptionError):
+        unchain_previous(keys[2], OTHER_TEAM, 1, chain[1])
+    with pytest.raises(DecryptionError):
+        unchain_previous(keys[2], TEAM, 1, flipped(chain[1], 40))
+    with pytest.raises(TeamCryptoError, match="no next epoch"):
+        chain_previous(keys[1], TEAM, MAX_EPOCH, keys[0])
+    with pytest.raises(TeamCryptoError, match="old epoch key must be 32 bytes"):
+        chain_previous(keys[1], TEAM, 0, keys[0][:-1])
+
+
 def test_errors_are_value_errors() -> None:
-    for error in (ShareError,):
+    for error in (ShareError, FormatError, DecryptionError):
         assert issubclass(error, TeamCryptoError) and issubclass(error, ValueError)
 
 
