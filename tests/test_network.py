@@ -106,7 +106,7 @@ async def test_a_fetching_node_keeps_and_serves_a_cached_copy(network):
 
 async def test_a_lookup_whose_nearest_contacts_are_all_gone_asks_the_next_ones(tmp_path):
     """Churn can take every contact a lookup starts from; the contacts behind them still know the way."""
-    config = QUIET.replace(ksize=3, rpc_timeout_initial=0.3, rpc_timeout_max=0.3, stale_after_failures=1)
+    config = QUIET.replace(ksize=3, rpc_timeout_initial=1.0, rpc_timeout_max=1.0, stale_after_failures=1)
     async with local_network(tmp_path / "net", 12, config, seed=4) as nodes:
         reader = nodes[0]
         data = b"found past the gone"
