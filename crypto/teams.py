@@ -67,6 +67,7 @@ __all__ = [
     "find_bad_shares",
     "locator",
     "new_team_id",
+    "team_id_for",
     "new_team_key",
     "open_at_rest",
     "open_sealed",
@@ -184,11 +185,22 @@ def new_team_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
-def new_team_id(creator_signing_public: bytes, name: str) -> bytes:
-    """A new 20-byte team ID: SHA-256("aether-team\\0" || creator key || name || 16 random bytes)[:20].
+def new_team_id(creator_signing_public: bytes, name: str) -> tuple[bytes, bytes]:
+    """A new 20-byte team ID and the random salt it was made with (see :func:`team_id_for`).
 
-    The random bytes make every team distinct even when one creator reuses a name; the
-    name is a label only (UTF-8, not normalised), and two teams may share it.
+    The salt makes every team distinct even when one creator reuses a name; it is
+    published in the team's first descriptor, so anyone can check the ID.
+    """
+    salt = os.urandom(_TEAM_ID_SALT_BYTES)
+    return team_id_for(creator_signing_public, name, salt), salt
+
+
+def team_id_for(creator_signing_public: bytes, name: str, salt: bytes) -> bytes:
+    """SHA-256("aether-team\0" || creator key || name || salt)[:20].
+
+    A team ID thus commits to its creator: an epoch-0 descriptor signed by anyone
+    else, or naming another creator or name, does not match the ID. The name is a
+    label only (UTF-8, not normalised), and two teams may share it.
     """
     try:
         check_signing_public(creator_signing_public)
@@ -200,7 +212,8 @@ def new_team_id(creator_signing_public: bytes, name: str) -> bytes:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise TeamCryptoError("team name is not valid Unicode text") from exc
-    salt = os.urandom(_TEAM_ID_SALT_BYTES)
+    if not isinstance(salt, bytes) or len(salt) != _TEAM_ID_SALT_BYTES:
+        raise TeamCryptoError(f"team ID salt must be {_TEAM_ID_SALT_BYTES} bytes")
     digest = hashlib.sha256(_TEAM_ID_DOMAIN + creator_signing_public + encoded + salt).digest()
     return digest[:TEAM_ID_BYTES]
 

@@ -60,7 +60,7 @@ def measure(runs: int, prepare: Callable[[], object], operation: Callable[[objec
 
 def run(runs: int, n: int, k: int) -> dict[str, dict[str, float]]:
     members = [Identity.generate() for _ in range(n)]
-    team_id = new_team_id(members[0].public.signing_public, "bench")
+    team_id, _ = new_team_id(members[0].public.signing_public, "bench")
     results: dict[str, list[float]] = {}
 
     def split_and_seal(key: object) -> list[bytes]:

@@ -36,6 +36,7 @@ from aether.crypto.teams import (
     find_bad_shares,
     locator,
     new_team_id,
+    team_id_for,
     new_team_key,
     open_at_rest,
     open_sealed,
@@ -83,8 +84,16 @@ def test_team_keys_are_32_fresh_bytes() -> None:
 
 def test_team_ids_are_20_bytes_and_never_repeat(alice: Identity) -> None:
     signing = alice.public.signing_public
-    ids = {new_team_id(signing, "eng") for _ in range(50)}
+    made = [new_team_id(signing, "eng") for _ in range(50)]
+    ids = {team_id for team_id, _ in made}
     assert len(ids) == 50 and all(len(i) == TEAM_ID_BYTES for i in ids)
+    # Anyone holding the salt checks an ID against its creator and name.
+    team_id, salt = made[0]
+    assert team_id_for(signing, "eng", salt) == team_id
+    assert team_id_for(signing, "ENG", salt) != team_id
+    assert team_id_for(Identity.generate().public.signing_public, "eng", salt) != team_id
+    with pytest.raises(TeamCryptoError, match="salt"):
+        team_id_for(signing, "eng", salt[:-1])
 
 
 @pytest.mark.parametrize("creator", [b"", bytes(31), bytes(32), "aa" * 32, None])
