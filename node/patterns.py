@@ -27,7 +27,7 @@ from aether.crypto.records import SignedRecord, create_record
 from aether.node import entries as E
 from aether.node.chunks import Manifest, ManifestError, assemble, split
 from aether.node.pattern import PATTERN_ID, Pattern, parse_pattern
-from aether.node.server import REFUSED_ELSEWHERE, AetherNode, charge_of, next_seq
+from aether.node.server import REFUSED_ELSEWHERE, STORE_ATTEMPTS, AetherNode, Spares, charge_of, next_seq
 from aether.node.values import Entry, ValueRejected, check_value
 from aether.storage.store import BLOCK, StoredEntry, value_charge
 
@@ -35,7 +35,6 @@ HASH = re.compile(r"[0-9a-f]{64}")
 MAX_PARALLEL_STORES = 24
 """Block STOREs in flight while placing a pattern: a 1 MiB pattern is 171 blocks × k nodes,
 more than a receiver's socket buffer takes at once."""
-STORE_ATTEMPTS = 3
 #: What a head record's history (up to MAX_HISTORY earlier hashes and times) adds to it.
 HEAD_HISTORY_BYTES = E.MAX_HISTORY * 48
 MAX_PARALLEL_PULLS = 16
@@ -159,7 +158,7 @@ class PatternLibrary:
         # Room for all of it first, so a publish past the quota stores nothing. The
         # head is signed later (it carries the history): it is charged as the
         # manifest with a full history.
-        needed = sum(value_charge(len(k), len(b)) for k, b in zip(manifest.blocks, blocks) if not self.store.contains(k))
+        needed = sum(value_charge(len(k), len(b)) for k, b in zip(manifest.blocks, blocks) if not self._kept(k))
         needed += sum(_charge(r) for r in [manifest_record, *index_records]) + _charge(manifest_record) + HEAD_HISTORY_BYTES
         self.node.reserve_own(f"publishing {pattern.id} ({len(data):,} bytes)", needed)
         # Held here first, pinned: the pattern is safe on this node before the network sees it.
@@ -236,7 +235,8 @@ class PatternLibrary:
         assert isinstance(checked, Entry)
         self.node.keep_entry(checked, role="own", pinned=True)
         found = await self.node.lookup(key)
-        targets, spares = self.node.replica_targets(key, found.closest, found.beyond)
+        targets, rest = self.node.replica_targets(key, found.closest, found.beyond)
+        spares = Spares(self.node, key, targets, rest)
 
         async def put(node: Node, block_key: bytes, block: bytes) -> str | None:
             """None once stored, else why not."""
@@ -257,7 +257,7 @@ class PatternLibrary:
                 )
                 if all(o is None for o in outcomes):
                     return True
-                node = next(spares, None) if REFUSED_ELSEWHERE.intersection(outcomes) else None
+                node = await spares.next() if REFUSED_ELSEWHERE.intersection(outcomes) else None
             return False
 
         complete = await asyncio.gather(*(put_all(n) for n in targets))
@@ -482,18 +482,27 @@ class PatternLibrary:
         """Keep a pattern here for good and keep it findable: a copy signed as a mirror by this node."""
         fetched = await self.fetch(ref, author)
         manifest, blocks = split(fetched.data)
-        needed = sum(value_charge(len(k), len(b)) for k, b in zip(manifest.blocks, blocks) if not self.store.contains(k))
+        key = E.pattern_key(fetched.hash)
+        mirror = None
+        if self.store.entry(key, self.me, E.manifest_name(fetched.hash)) is None:
+            mirror = self._manifest_record(manifest, fetched.summary, mirror=True, ttl=int(self.node.config.record_ttl))
+        # Blocks held only as replicas or cached copies count too: making room may evict them.
+        needed = sum(value_charge(len(k), len(b)) for k, b in zip(manifest.blocks, blocks) if not self._kept(k))
+        needed += _charge(mirror) if mirror is not None else 0
         self.node.reserve_own(f"pinning {fetched.summary.id} ({len(fetched.data):,} bytes)", needed)
         for block_key, block in zip(manifest.blocks, blocks):
             self.store.put(block_key, block, kind=BLOCK, role="cache")
             self.store.set_pinned(block_key, True, expires=None)
-        key = E.pattern_key(fetched.hash)
-        if self.store.entry(key, self.me, E.manifest_name(fetched.hash)) is None:
-            record = self._manifest_record(manifest, fetched.summary, mirror=True, ttl=int(self.node.config.record_ttl))
-            await self._place(record, manifest, blocks)
+        if mirror is not None:
+            await self._place(mirror, manifest, blocks)
         else:
             self.store.set_entry_pinned(key, self.me, E.manifest_name(fetched.hash), True)
         return fetched
+
+    def _kept(self, key: bytes) -> bool:
+        """Whether a block is held for good here (own or pinned), beyond the reach of eviction."""
+        held = self.store.get(key, touch=False)
+        return held is not None and (held.pinned or held.role == "own")
 
     async def unpin(self, ref: str, author: str | None = None) -> str:
         """Stop keeping and announcing a pattern here; copies on other nodes expire on their own."""

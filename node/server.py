@@ -16,6 +16,7 @@ home so that a restarted node rejoins without being told where.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import random
@@ -72,6 +73,8 @@ class QuotaExceeded(Exception):
         )
 
 
+STORE_ATTEMPTS = 3
+"""Times a STORE is sent before its target counts as unreachable."""
 FULL = "full"
 """The error a STORE gets from a node with no room left: the value belongs on the next closest node."""
 LIGHT = "light"
@@ -101,6 +104,40 @@ class PutReport:
     lookup: LookupResult | None = None
     accepted: list[Node] = field(default_factory=list)
     """The nodes that acknowledged the STORE."""
+
+
+class Spares:
+    """The next closest peers for replicas refused elsewhere, widened once when they run out.
+
+    A lookup for k meets only a few peers past the k closest (often one), too
+    few when several of the closest are full or light; then one lookup for 2k
+    finds more, once per placement, and only when a refusal needs it.
+    """
+
+    def __init__(self, owner: AetherNode, place: bytes, chosen: list[Node], rest: Iterator[Node]):
+        self._owner, self._place, self._rest = owner, place, rest
+        self._seen = {n.id for n in chosen}
+        self._wider: asyncio.Future | None = None
+
+    async def next(self) -> Node | None:
+        """The next peer to offer the replica to, or None when there is none left."""
+        while True:
+            node = next(self._rest, None)
+            if node is None:
+                if self._wider is None:
+                    self._wider = asyncio.ensure_future(self._widen())
+                elif self._wider.done():
+                    return None
+                await asyncio.shield(self._wider)  # concurrent refusals share the one wider lookup
+                continue
+            if node.id not in self._seen:
+                self._seen.add(node.id)
+                return node
+
+    async def _widen(self) -> None:
+        owner = self._owner
+        result = await owner.lookup(self._place, k=2 * owner.ksize)
+        _, self._rest = owner.replica_targets(self._place, [], [*result.closest, *result.beyond])
 
 
 def charge_of(checked: Block | Record | Entry) -> int:
@@ -211,12 +248,15 @@ class AetherNode(Server):
 
     # ------------------------------------------------------------- lookups
     async def lookup(
-        self, key: bytes, *, want_value: bool = False, first_entries: bool = False, seeds: list[Node] | None = None
+        self, key: bytes, *, want_value: bool = False, first_entries: bool = False, seeds: list[Node] | None = None,
+        k: int | None = None,
     ) -> LookupResult:
+        """The ``k`` (default: the node's k) peers closest to ``key`` that answer, and what they hold."""
+        k = k or self.ksize
         if seeds is None:
-            seeds = self.protocol.router.find_neighbors(Node(key), k=self.ksize)
+            seeds = self.protocol.router.find_neighbors(Node(key), k=k)
         return await Lookup(
-            self.protocol, key, seeds, k=self.ksize, alpha=self.alpha, want_value=want_value,
+            self.protocol, key, seeds, k=k, alpha=self.alpha, want_value=want_value,
             first_entries=first_entries,
         ).run()
 
@@ -400,7 +440,8 @@ class AetherNode(Server):
         if self.light:
             self.protocol.stats["store_refused_light"] += 1
             return error_reply(LIGHT, "this node is a light client and holds no replicas")
-        if not self._holds(checked) and not self.make_room(charge_of(checked), role="replica", place=self._place_of(key)):
+        grows = charge_of(checked) - self._held_charge(checked)  # a newer version may be larger
+        if grows > 0 and not self.make_room(grows, role="replica", place=self._place_of(key)):
             self.protocol.stats["store_refused_full"] += 1
             return error_reply(FULL, "this node's storage quota is full")
         now = time.time()
@@ -480,13 +521,20 @@ class AetherNode(Server):
         """Change the quota now; a lower one evicts down to it at once (own and pinned data stay)."""
         self.config = self.config.replace(quota_bytes=quota_bytes)
         eviction = self.store.make_room(0, self.budget, near=self.node.id)
+        if not eviction.fits:
+            # Own and pinned data alone are over the quota: every replica and cached copy goes.
+            freed = self.store.make_room(0, self.store.usage().pinned, near=self.node.id)
+            eviction = dataclasses.replace(freed, expired=freed.expired + eviction.expired, fits=False)
         self._used = self.store.used_bytes()
         return eviction
 
-    def _holds(self, checked: Block | Record | Entry) -> bool:
+    def _held_charge(self, checked: Block | Record | Entry) -> int:
+        """What the version of ``checked`` held here is charged against the quota (0 if none is held)."""
         if isinstance(checked, Entry):
-            return self.store.entry(checked.key, checked.record.author, checked.record.name) is not None
-        return self.store.contains(checked.key)
+            held = self.store.entry(checked.key, checked.record.author, checked.record.name)
+        else:
+            held = self.store.get(checked.key, touch=False)
+        return held.size if held is not None else 0
 
     def _place_of(self, key: bytes) -> bytes:
         """The key a value lives near: its own, or its pattern's for a block already linked to one."""
@@ -567,11 +615,16 @@ class AetherNode(Server):
         does not cost a replica.
         """
         report = PutReport(key)
-        nodes, spare = self.replica_targets(place or key, nodes, spares)
+        place = place or key
+        nodes, rest = self.replica_targets(place, nodes, spares)
+        spare = Spares(self, place, nodes, rest)
 
         async def store(node: Node | None) -> None:
             while node is not None:
-                ok, body = await self.protocol.call_store(node, key, value)
+                for _ in range(STORE_ATTEMPTS):  # a datagram lost in a burst is sent again
+                    ok, body = await self.protocol.call_store(node, key, value)
+                    if ok:
+                        break
                 if not ok:
                     report.unreachable += 1
                     return
@@ -581,7 +634,7 @@ class AetherNode(Server):
                     report.accepted.append(node)
                     return
                 report.refused[reason] += 1
-                node = next(spare, None) if reason in REFUSED_ELSEWHERE else None
+                node = await spare.next() if reason in REFUSED_ELSEWHERE else None
 
         await asyncio.gather(*(store(n) for n in nodes))
         return report
@@ -602,6 +655,8 @@ class AetherNode(Server):
         now = time.monotonic()
         usable = [n for n in [*nodes, *spares] if self._light_peers.get(n.id, 0.0) <= now]
         want = len(nodes)
+        if want == 0:
+            return [], iter(usable)
         if len(usable) <= want:
             return usable, iter(())
         target = int.from_bytes(key, "big")
