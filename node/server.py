@@ -30,6 +30,7 @@ from kademlia.node import Node
 
 from aether.crypto.identity import Identity
 from aether.crypto.records import SignedRecord, create_record, record_key
+from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_of
 from aether.node.lookup import Lookup, LookupResult
@@ -39,7 +40,8 @@ from aether.node.values import (
     merge_entries, newest_first,
 )
 from aether.storage.store import (
-    BLOCK, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoredEntry, StoredValue, entry_charge, value_charge,
+    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoredEntry, StoredValue, entry_charge,
+    value_charge,
 )
 
 log = logging.getLogger(__name__)
@@ -441,6 +443,7 @@ class AetherNode(Server):
             self.protocol.stats["store_refused_light"] += 1
             return error_reply(LIGHT, "this node is a light client and holds no replicas")
         grows = charge_of(checked) - self._held_charge(checked)  # a newer version may be larger
+        grows += self._blocks_to_come(checked)
         if grows > 0 and not self.make_room(grows, role="replica", place=self._place_of(key)):
             self.protocol.stats["store_refused_full"] += 1
             return error_reply(FULL, "this node's storage quota is full")
@@ -527,6 +530,22 @@ class AetherNode(Server):
             eviction = dataclasses.replace(freed, expired=freed.expired + eviction.expired, fits=False)
         self._used = self.store.used_bytes()
         return eviction
+
+    def _blocks_to_come(self, checked: Block | Record | Entry) -> int:
+        """For a manifest: what its blocks not held yet will cost. A holder takes a pattern whole or not at all.
+
+        A node that kept a manifest without room for its blocks would answer
+        fetches with a pattern it cannot serve; refusing the manifest sends the
+        whole copy to the next closest node instead.
+        """
+        if not isinstance(checked, Entry) or checked.record.kind != MANIFEST_KIND:
+            return 0
+        try:
+            manifest = manifest_of(checked.record).manifest
+        except EntryError:
+            return 0
+        missing = [k for k in manifest.blocks if not self.store.contains(k)]
+        return len(missing) * value_charge(KEY_LEN, min(BLOCK_BYTES, manifest.size))
 
     def _held_charge(self, checked: Block | Record | Entry) -> int:
         """What the version of ``checked`` held here is charged against the quota (0 if none is held)."""

@@ -207,6 +207,8 @@ async def test_full_nodes_answer_full_and_the_next_closest_nodes_take_their_copi
     for node, before in zip(full, refused_before):
         assert node.protocol.stats["store_refused_full"] > before, "a full node did not answer full"
         assert not any(node.store.contains(k) for k in manifest.blocks)
+        # Nor the manifest: a node without room for the blocks takes none of the pattern.
+        assert not node.store.has_entries(key_of(data))
     holders = [n for n in others if complete(n, data)]
     assert published.replicas == len(holders)
     assert len(holders) > K - len(full), "no copy a full node refused was placed elsewhere"
