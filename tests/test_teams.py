@@ -1,19 +1,49 @@
-"""Team descriptors (node/teams.py; docs/teams.md "Names", "In the DHT"): real keys, real signatures."""
+"""Teams in the DHT (node/teams.py, node/team_ceremony.py, node/team_inbox.py; docs/teams.md).
+
+Descriptors and their forgeries with real keys; the key ceremony, inbox delivery and
+share files on real nodes over UDP on 127.0.0.1, each with a real SQLite home.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import os
+import stat
 
 import msgpack
 import pytest
+import pytest_asyncio
 
 from aether.crypto.identity import Identity, PublicIdentity
-from aether.crypto.records import create_record
-from aether.crypto.teams import chain_previous, commitment, new_team_id
-from aether.node.server import next_seq
+from aether.crypto.records import create_record, decode_record
+from aether.crypto.teams import (
+    DecryptionError,
+    chain_previous,
+    check_commitment,
+    combine_shares,
+    commitment,
+    new_team_id,
+    open_sealed,
+    seal,
+    split_key,
+)
+from aether.node.server import AetherNode, next_seq
+from aether.node.team_ceremony import (
+    SHARE_SUFFIX,
+    accept_share,
+    create_team,
+    import_share,
+    parse_members,
+    plan_team,
+    share_file,
+)
+from aether.node.team_inbox import Inbox
 from aether.node.teams import (
     DESCRIPTOR_KIND,
+    INBOX_KIND,
+    MAX_TEAM_MEMBERS,
     Descriptor,
     TeamError,
     descriptor_name,
@@ -21,7 +51,16 @@ from aether.node.teams import (
     follow_chain,
     inbox_name,
     parse_inbox_name,
+    team_key,
 )
+from aether.simulations.network import address_of, local_network, start_node, stop_all
+
+from .conftest import QUIET
+
+CONFIG = QUIET.replace(ksize=8)
+SIZE = 8
+ON_NETWORK = pytest.mark.asyncio(loop_scope="module")
+"""The network tests share one event loop, like the module's network."""
 
 
 # ---------------------------------------------------------------------- helpers
@@ -44,6 +83,23 @@ def epoch1(previous: Descriptor, members: list[PublicIdentity], key: bytes = byt
 def signed(identity: Identity, descriptor: Descriptor):
     return create_record(identity, DESCRIPTOR_KIND, descriptor_name(descriptor.team_id, descriptor.epoch),
                          next_seq(), descriptor.encode(), 3600)
+
+
+def open_share(identity: Identity, sealed: bytes, team_id: bytes, epoch: int = 0) -> bytes:
+    return open_sealed(identity, sealed, purpose="share", team_id=team_id, epoch=epoch)
+
+
+def snapshot(nodes: list[AetherNode]) -> set:
+    """Every entry, team, share and key any node holds: what a refused request must leave unchanged."""
+    held = set()
+    for node in nodes:
+        store = node.store
+        held |= {(node.node.id, e.key, e.author, e.name, e.seq) for e in store.iter_entries()}
+        for row in store.teams():
+            held.add((node.node.id, "team", row.team_id, row.epoch))
+            held.add((node.node.id, "share", row.team_id, store.team_share(row.team_id, row.epoch)))
+            held.add((node.node.id, "keys", row.team_id, tuple(store.team_keys(row.team_id))))
+    return held
 
 
 # ---------------------------------------------------------------------- descriptors
@@ -186,3 +242,250 @@ def test_inbox_names_round_trip_and_malformed_ones_are_refused() -> None:
                 b"team:" + team.hex().encode() + b"#descriptor/0"):
         with pytest.raises(TeamError):
             parse_inbox_name(bad)
+
+
+# ---------------------------------------------------------------------- checking a request
+@pytest.mark.parametrize("k, message", [
+    (0, "at least 1"), (-1, "at least 1"), (4, "more than the 3 members"), ("2", "whole number"),
+])
+def test_impossible_thresholds_are_refused(k: object, message: str) -> None:
+    alice, bob, carol = identities(3)
+    with pytest.raises(TeamError, match=message):
+        plan_team(alice.public, "eng", k, [bob.public, carol.public])
+
+
+def test_the_creator_is_a_member_first_unless_listed() -> None:
+    alice, bob = identities(2)
+    assert plan_team(alice.public, "eng", 1, [bob.public]).members == (alice.public, bob.public)
+    assert plan_team(alice.public, "eng", 1, [bob.public, alice.public]).members == (bob.public, alice.public)
+
+
+def test_a_member_listed_twice_is_refused() -> None:
+    alice, bob = identities(2)
+    with pytest.raises(TeamError, match="member 3 .* listed twice: member 2"):
+        plan_team(alice.public, "eng", 2, [bob.public, bob.public])
+
+
+def test_teams_beyond_255_and_beyond_one_record_are_refused() -> None:
+    alice = Identity.generate()
+    many = [i.public for i in identities(255)]
+    with pytest.raises(TeamError, match="at most 255 members"):
+        plan_team(alice.public, "eng", 2, many)
+    with pytest.raises(TeamError, match=f"does not fit one descriptor record: at most {MAX_TEAM_MEMBERS}"):
+        plan_team(alice.public, "eng", 2, many[:MAX_TEAM_MEMBERS])
+    assert len(plan_team(alice.public, "eng", 2, many[: MAX_TEAM_MEMBERS - 1]).members) == MAX_TEAM_MEMBERS
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "non-empty"), (" eng", "white space"), ("e\nng", "control"), ("x" * 65, "more than 64"),
+    ("a" * 40, "reads as a team ID"), ("0123456789ABCDEF0123456789abcdef01234567", "reads as a team ID"),
+])
+def test_unusable_team_names_are_refused(name: str, message: str) -> None:
+    alice = Identity.generate()
+    with pytest.raises(TeamError, match=message):
+        plan_team(alice.public, name, 1, [])
+
+
+def test_malformed_identity_strings_are_refused_naming_the_member() -> None:
+    good = Identity.generate().public.to_string()
+    with pytest.raises(TeamError, match="member 2 .*checksum"):
+        parse_members([good, good[:-2] + ("a" if good[-2] != "a" else "b") + good[-1]])
+    with pytest.raises(TeamError, match="member 1 .*must start with 'aether1'"):
+        parse_members(["bob"])
+
+
+# ---------------------------------------------------------------------- on a network
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def network(tmp_path_factory):
+    async with local_network(tmp_path_factory.mktemp("teams"), SIZE, CONFIG, seed=6) as nodes:
+        yield nodes
+
+
+@ON_NETWORK
+async def test_a_ceremony_of_five_gives_each_member_its_own_sealed_share_and_any_three_the_key(network) -> None:
+    creator, *members = network[:5]
+    created = await create_team(creator, "core", 3, [m.identity.public for m in members])
+    d = created.descriptor
+    assert (d.k, d.n, d.epoch) == (3, 5, 0) and d.members[0] == creator.identity.public
+    assert created.replicas > 0 and all(x.replicas > 0 for x in created.deliveries if x.index != 1)
+    for member in members:
+        report = await Inbox(member).poll()
+        assert report.imported == [(d.team_id, 0)] and report.refused == []
+    nodes = [creator, *members]
+    sealed = {node.node.id: node.store.team_share(d.team_id, 0) for node in nodes}
+    assert all(sealed.values()) and len(set(sealed.values())) == 5
+    shares = {}
+    for position, node in enumerate(nodes):
+        shares[node.node.id] = open_share(node.identity, sealed[node.node.id], d.team_id)
+        assert shares[node.node.id][0] == position + 1  # each holds exactly its own share
+        other = nodes[(position + 1) % 5]
+        with pytest.raises(DecryptionError):
+            open_share(other.identity, sealed[node.node.id], d.team_id)
+        row = node.store.team(d.team_id)
+        assert row is not None and row.name == "core" and row.epoch == 0
+        assert descriptor_of(decode_record(row.descriptor)) == d
+        assert node.store.team_keys(d.team_id) == {}  # nobody holds the key, the creator neither
+    for trio in itertools.combinations(shares.values(), 3):
+        assert check_commitment(combine_shares(list(trio)), d.team_id, 0, d.commitment)
+    for pair in itertools.combinations(shares.values(), 2):
+        assert not check_commitment(combine_shares(list(pair)), d.team_id, 0, d.commitment)
+    # A second poll finds nothing new; a non-member reads the descriptor from the DHT and checks it.
+    assert (await Inbox(members[0]).poll()).imported == []
+    outsider = network[-1]
+    found = await outsider.get_entries(team_key(d.team_id))
+    chain = follow_chain([e.record for e in found.entries], d.team_id)
+    assert [link.descriptor for link in chain] == [d]
+
+
+@ON_NETWORK
+async def test_a_member_offline_at_creation_gets_its_share_when_it_comes_online(network, tmp_path) -> None:
+    home = tmp_path / "late"
+    home.mkdir()
+    late = Identity.generate()
+    late.save(home)
+    creator = network[1]
+    created = await create_team(creator, "late", 2, [network[2].identity.public, late.public])
+    node = await start_node(home, CONFIG)
+    try:
+        assert node.store.teams() == []
+        await node.bootstrap([address_of(network[0])])
+        report = await Inbox(node).poll()
+        assert report.imported == [(created.descriptor.team_id, 0)]
+        sealed = node.store.team_share(created.descriptor.team_id, 0)
+        assert open_share(late, sealed, created.descriptor.team_id)[0] == 3
+    finally:
+        stop_all([node])
+
+
+@ON_NETWORK
+async def test_invalid_requests_write_nothing_anywhere(network, tmp_path) -> None:
+    creator, bob, carol = network[:3]
+    b, c = bob.identity.public, carol.identity.public
+    many = [i.public for i in identities(255)]
+    before = snapshot(network)
+    out = tmp_path / "shares"
+    for k, members in [(0, [b, c]), (4, [b, c]), (2, many), (2, [b, b]), (2, [b, c, c])]:
+        with pytest.raises(TeamError):
+            await create_team(creator, "bad", k, members, out)
+    existing = tmp_path / "full"
+    existing.mkdir()
+    (existing / f"{c.node_id.hex()}{SHARE_SUFFIX}").write_bytes(b"from another ceremony")
+    with pytest.raises(TeamError, match="already exists"):
+        await create_team(creator, "bad", 2, [b, c], existing)
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    with pytest.raises(TeamError, match="is not a folder"):
+        await create_team(creator, "bad", 2, [b, c], blocker / "shares")
+    assert snapshot(network) == before
+    assert not out.exists()
+    assert sorted(p.name for p in existing.iterdir()) == [f"{c.node_id.hex()}{SHARE_SUFFIX}"]
+
+
+@ON_NETWORK
+async def test_hostile_inbox_entries_are_left_out_and_the_real_share_taken_in(network) -> None:
+    creator, victim, mallory = network[3], network[4], network[5]
+    me = victim.identity.public
+    created = await create_team(creator, "target", 2, [network[6].identity.public, me])
+    d = created.descriptor
+    other = await create_team(network[6], "elsewhere", 1, [network[7].identity.public])
+
+    def entry(author: AetherNode, name: bytes, payload: bytes, kind: str = INBOX_KIND):
+        return create_record(author.identity, kind, name, next_seq(), payload, 3600)
+
+    box = seal(me, bytes([3]) + bytes(32), purpose="share", team_id=d.team_id, epoch=0)
+    hostile = [
+        entry(mallory, inbox_name(me.node_id, d.team_id, 0), box),  # signed by a non-member
+        entry(mallory, inbox_name(me.node_id, d.team_id, 0) + b"x", b"garbage"),  # malformed name
+        entry(mallory, b"inbox:" + me.node_id.hex().encode() + b"#hello", b"\x00" * 10, kind="manifest"),
+        # signed by the creator of a team this node is not in
+        entry(network[6], inbox_name(me.node_id, other.descriptor.team_id, 0),
+              seal(me, bytes([1]) + bytes(32), purpose="share", team_id=other.descriptor.team_id, epoch=0)),
+        entry(mallory, inbox_name(me.node_id, bytes(20), 0), box),  # a team nobody made: waits
+    ]
+    for record in hostile:
+        await mallory.put_entry(record)
+    report = await Inbox(victim).poll()
+    assert report.imported == [(d.team_id, 0)]
+    assert len(report.refused) == 4 and report.waiting == 1
+    assert any("not signed by the member who made that epoch" in r for r in report.refused)
+    assert any("not a member" in r for r in report.refused)
+    assert victim.store.team(other.descriptor.team_id) is None
+    assert open_share(victim.identity, victim.store.team_share(d.team_id, 0), d.team_id)[0] == 3
+    again = await Inbox(victim).poll()
+    assert again.imported == [] and again.waiting == 1
+
+
+@ON_NETWORK
+async def test_a_share_sealed_to_the_member_under_another_index_is_refused(network) -> None:
+    """Even the creator cannot hand a member someone else's share."""
+    creator, member = network[0], network[7]
+    created = await create_team(creator, "swap", 2, [member.identity.public, network[6].identity.public])
+    d = created.descriptor
+    shares = split_key(bytes(32), 2, 3)
+    wrong = seal(member.identity.public, shares[2], purpose="share", team_id=d.team_id, epoch=0)
+    forged = create_record(creator.identity, INBOX_KIND, inbox_name(member.node.id, d.team_id, 0),
+                           next_seq(), wrong, 3600)
+    with pytest.raises(TeamError, match="has index 3, not this node's 2"):
+        accept_share(member, forged, [created.record])
+    assert member.store.team(d.team_id) is None
+
+
+# ---------------------------------------------------------------------- share files
+@ON_NETWORK
+async def test_share_files_carry_the_ceremony_to_nodes_with_no_network(tmp_path) -> None:
+    homes = [tmp_path / name for name in ("alice", "bob", "carol")]
+    nodes = [await start_node(home, CONFIG) for home in homes]  # never joined: no network at all
+    try:
+        alice, bob, carol = nodes
+        out = tmp_path / "out"
+        created = await create_team(alice, "offline", 2, [bob.identity.public, carol.identity.public], out)
+        files = {x.member.node_id: x.file for x in created.deliveries if x.file}
+        assert set(files) == {bob.node.id, carol.node.id}
+        assert created.replicas == 0
+        for path in files.values():
+            assert path.parent == out.absolute() and path.name.endswith(SHARE_SUFFIX)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+        accepted = import_share(bob, files[bob.node.id].read_bytes())
+        assert (accepted.index, accepted.new, accepted.descriptor) == (2, True, created.descriptor)
+        assert import_share(bob, files[bob.node.id].read_bytes()).new is False
+        with pytest.raises(TeamError, match=f"this share is for node {carol.node.id.hex()}"):
+            import_share(bob, files[carol.node.id].read_bytes())
+        data = files[carol.node.id].read_bytes()
+        for position in (len(data) // 3, len(data) - 70, len(data) - 1):
+            tampered = bytearray(data)
+            tampered[position] ^= 0x01
+            with pytest.raises(TeamError):
+                import_share(carol, bytes(tampered))
+        for junk in (b"", b"\x00", msgpack.packb(["aether-team-share/1", [], b""]), os.urandom(100)):
+            with pytest.raises(TeamError):
+                import_share(carol, junk)
+        assert carol.store.teams() == []
+        assert import_share(carol, data).index == 3
+        sealed = [n.store.team_share(created.descriptor.team_id, 0) for n in nodes]
+        key = combine_shares([open_share(n.identity, s, created.descriptor.team_id) for n, s in zip(nodes[1:], sealed[1:])])
+        assert check_commitment(key, created.descriptor.team_id, 0, created.descriptor.commitment)
+    finally:
+        stop_all(nodes)
+
+
+@ON_NETWORK
+async def test_a_share_file_with_a_forged_descriptor_is_refused(tmp_path) -> None:
+    """Mallory rewrites alice's team with herself as creator: the team ID gives her away."""
+    alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
+    alice, bob = await start_node(alice_home, CONFIG), await start_node(bob_home, CONFIG)
+    mallory = Identity.generate()
+    try:
+        created = await create_team(alice, "real", 1, [bob.identity.public], tmp_path / "out")
+        d = created.descriptor
+        forged = dataclasses.replace(d, members=(mallory.public, bob.identity.public))
+        box = seal(bob.identity.public, split_key(bytes(32), 1, 2)[1], purpose="share", team_id=d.team_id, epoch=0)
+        inbox = create_record(mallory, INBOX_KIND, inbox_name(bob.node.id, d.team_id, 0), next_seq(), box, 3600)
+        with pytest.raises(TeamError, match="no valid descriptor"):
+            import_share(bob, share_file([signed(mallory, forged)], inbox))
+        assert bob.store.teams() == []
+        # The real descriptor with mallory's delivery: the signer is not the creator.
+        with pytest.raises(TeamError, match="not signed by the member who made that epoch"):
+            import_share(bob, share_file([created.record], inbox))
+    finally:
+        stop_all([alice, bob])
