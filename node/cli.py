@@ -21,6 +21,7 @@ import click
 from aether.crypto.identity import IdentityError, PublicIdentity
 from aether.node.api import iso_date
 from aether.node.cli_storage import storage
+from aether.node.cli_teams import team
 from aether.node.control import ControlError
 from aether.node.daemon import DaemonError
 from aether.node.home import Home, HomeError, parse_address, resolve_home
@@ -456,6 +457,7 @@ def _guard(action: Any) -> Any:
 
 
 cli.add_command(storage)
+cli.add_command(team)
 
 
 def main() -> None:
