@@ -52,12 +52,12 @@ mdns = true
 # max_entries_per_key = 64      # index entries one shared key holds (newest kept)
 # max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)
 
+[teams]
+# inbox_interval = 300          # seconds between reads of this node's inbox (shares of new teams)
+
 [storage]
 # device_class = "auto"         # auto (detected), desktop, laptop, tablet or phone
 # quota = "auto"                # bytes, or a size ("5GB", "2GiB"); auto: fitted to the device
-
-[teams]
-# inbox_interval = 300          # seconds between reads of this node's inbox (shares of new teams)
 """
 
 
