@@ -19,6 +19,8 @@ from aether.node.entries import Summary
 from aether.node.pattern import PatternError
 from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, PatternNotFound
 from aether.node.server import QuotaExceeded
+from aether.node.team_api import TEAM_OPS
+from aether.node.teams import TeamError
 
 if TYPE_CHECKING:
     from aether.node.daemon import DaemonInfo
@@ -136,9 +138,9 @@ async def _set_quota(library: PatternLibrary, args: dict) -> dict[str, Any]:
 
 OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
     "publish": _publish, "fetch": _fetch, "search": _search, "history": _history,
-    "ls": _ls, "pin": _pin, "unpin": _unpin, "whoami": _whoami, "set-quota": _set_quota,
+    "ls": _ls, "pin": _pin, "unpin": _unpin, "whoami": _whoami, "set-quota": _set_quota, **TEAM_OPS,
 }
-"""Operations on the pattern library: the same on a daemon and on a temporary node."""
+"""Operations on the pattern library and the node's teams: the same on a daemon and on a temporary node."""
 
 
 def _no_args(op: str, args: dict) -> None:
@@ -248,5 +250,7 @@ async def handle(library: PatternLibrary, op: str, args: dict, daemon: DaemonInf
         raise ControlError("not-found", str(exc)) from None
     except QuotaExceeded as exc:
         raise ControlError("quota", str(exc)) from None
+    except TeamError as exc:
+        raise ControlError("invalid", str(exc)) from None
     except ValueError as exc:
         raise ControlError("bad-request", str(exc)) from None

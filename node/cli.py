@@ -21,6 +21,7 @@ import click
 from aether.crypto.identity import IdentityError, PublicIdentity
 from aether.node.api import iso_date
 from aether.node.cli_storage import storage
+from aether.node.cli_teams import team
 from aether.node.control import ControlError
 from aether.node.daemon import DaemonError
 from aether.node.home import Home, HomeError, parse_address, resolve_home
@@ -257,22 +258,11 @@ def fetch(obj: Context, ref: str, output: str | None, author: str | None, timeou
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write beside the target and rename over it, so a failure never leaves half a file."""
-    import os
-    import tempfile
+    from aether.node.files import write_atomically
 
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+        write_atomically(path, data)
     except OSError as exc:
-        raise click.ClickException(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
         raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
 
 
@@ -467,6 +457,7 @@ def _guard(action: Any) -> Any:
 
 
 cli.add_command(storage)
+cli.add_command(team)
 
 
 def main() -> None:

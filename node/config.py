@@ -86,3 +86,23 @@ class NodeConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TeamSettings:
+    """The ``[teams]`` section of config.toml: how the daemon looks after this node's teams."""
+
+    inbox_interval: float = 300.0
+    """Seconds between reads of this node's inbox, where shares of new teams are delivered."""
+
+    def __post_init__(self) -> None:
+        value = self.inbox_interval
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"inbox_interval must be a number of seconds greater than 0, not {value!r}")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> TeamSettings:
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown teams setting(s): {', '.join(unknown)}")
+        return cls(**values)

@@ -41,6 +41,8 @@ LOCK_NAME = "daemon.lock"
 MAX_BACKOFF = 60.0
 POWER_CHECK = 60.0
 """Seconds between battery readings, for the light role."""
+JOIN_CHECK = 1.0
+"""Seconds between looks at the routing table while the team task waits for the node to join."""
 
 
 class DaemonError(Exception):
@@ -166,9 +168,11 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
                 discovery = await _discover(node, settings, heard)
                 joiner = asyncio.ensure_future(_keep_joined(node, settings, stop, info.join, discovery, heard))
                 power = asyncio.ensure_future(_follow_power(node, home, settings, stop))
+                teams = asyncio.ensure_future(_look_after_teams(node, settings, stop))
                 await stop.wait()
                 joiner.cancel()
                 power.cancel()
+                teams.cancel()
                 log.info("stopping")
             finally:
                 if discovery is not None:
@@ -195,6 +199,48 @@ async def _follow_power(node: AetherNode, home: Home, settings: DaemonSettings, 
         if light != node.light:
             node.light = light
             log.info("now a %s node: %s", "light" if light else "full", why)
+
+
+async def _look_after_teams(node: AetherNode, settings: DaemonSettings, stop: asyncio.Event) -> None:
+    """Read this node's inbox for shares, and tell team members where this node listens.
+
+    The inbox is read at start, as soon as the node has joined, and then every
+    ``[teams] inbox_interval`` seconds, so a member that was offline when a team was
+    created gets its share once it is back (docs/teams.md "Inbox"). Once joined, the
+    node's contact record is published, and again whenever its addresses change (the
+    node's republishing keeps it alive in between), and the team entries this node
+    signed are placed once more, for teams created while it had no network. A failure is logged and the task
+    goes on: nothing in the inbox can stop the daemon.
+    """
+    from aether.node.contact import own_addresses, publish_contact
+    from aether.node.team_ceremony import redeliver
+    from aether.node.team_inbox import Inbox
+
+    inbox = Inbox(node)
+    published: list[tuple[str, int]] | None = None
+    first, delivered = True, False
+    while not stop.is_set():
+        joined = bool(node.protocol.contacts())
+        if first or joined:
+            first = False
+            try:
+                if joined and (addresses := own_addresses(node)) != published:
+                    await publish_contact(node, addresses)
+                    published = addresses
+                if joined and not delivered:
+                    delivered = True
+                    await redeliver(node)
+            except Exception:
+                log.exception("publishing this node's contact record or team entries failed; trying again later")
+            try:
+                await inbox.poll()
+            except Exception:
+                log.exception("reading this node's inbox failed; trying again later")
+        wait = settings.teams.inbox_interval if joined else min(JOIN_CHECK, settings.teams.inbox_interval)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=wait)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def _discover(node: AetherNode, settings: DaemonSettings, heard: asyncio.Event) -> Discovery | None:

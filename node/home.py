@@ -17,7 +17,7 @@ import platformdirs
 import tomlkit
 
 from aether.crypto.identity import Identity, IdentityError
-from aether.node.config import ConfigError, NodeConfig
+from aether.node.config import ConfigError, NodeConfig, TeamSettings
 from aether.storage.device import StorageSettings
 from aether.storage.store import Store
 
@@ -52,6 +52,9 @@ mdns = true
 # max_entries_per_key = 64      # index entries one shared key holds (newest kept)
 # max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)
 
+[teams]
+# inbox_interval = 300          # seconds between reads of this node's inbox (shares of new teams)
+
 [storage]
 # device_class = "auto"         # auto (detected), desktop, laptop, tablet or phone
 # quota = "auto"                # bytes, or a size ("5GB", "2GiB"); auto: fitted to the device
@@ -71,6 +74,7 @@ class DaemonSettings:
     role: str = "auto"
     """full, light, or auto (from the device)."""
     mdns: bool = True
+    teams: TeamSettings = field(default_factory=TeamSettings)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -152,6 +156,7 @@ class Home:
                 raise ValueError('the quota is set under [storage] as quota = "5GB" (or `aether-node storage set`)')
             node = NodeConfig.from_mapping(data.get("node", {}))
             storage = StorageSettings.from_mapping(data.get("storage", {}))
+            teams = TeamSettings.from_mapping(data.get("teams", {}))
             mdns = daemon.get("mdns", True)
             if not isinstance(mdns, bool):
                 raise ValueError(f"mdns must be true or false, not {mdns!r}")
@@ -160,7 +165,7 @@ class Home:
                 raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         except (ValueError, TypeError, AttributeError, ConfigError) as exc:
             raise HomeError(f"{self.config_path}: {exc}") from None
-        return DaemonSettings(listen, bootstrap, node, storage, role, mdns)
+        return DaemonSettings(listen, bootstrap, node, storage, role, mdns, teams)
 
     def update_config(self, section: str, values: dict[str, str | int]) -> None:
         """Set ``values`` in one ``[section]`` of config.toml, keeping the rest of the file as written.

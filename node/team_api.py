@@ -1,0 +1,138 @@
+"""The team operations a node offers its user, as requests and plain replies.
+
+The same table serves the daemon's control socket and a temporary node (see
+node/api.py, which merges it into its own). Teams are named by the user's label or
+by their ID: a label that several teams share is an error listing their IDs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from aether.crypto.records import decode_record
+from aether.node.contact import reach_all
+from aether.node.control import ControlError
+from aether.node.team_ceremony import Accepted, create_team, import_share, parse_members
+from aether.node.teams import Descriptor, descriptor_of
+from aether.storage.store import Store, TeamRow
+
+if TYPE_CHECKING:
+    from aether.node.patterns import PatternLibrary
+
+REACH_TIMEOUT = 5.0
+"""Default bound, in seconds, on finding out which members' nodes answer (``team status``)."""
+_ID_PREFIX = re.compile(r"[0-9a-f]{8,40}")
+
+
+def resolve_team(store: Store, ref: str) -> TeamRow:
+    """The team of this node that ``ref`` names: its name, its ID, or 8+ hex digits of its ID.
+
+    Two teams may share a name; then the ID must be given, and the error lists them.
+    """
+    rows = store.teams(ref)
+    if not rows and _ID_PREFIX.fullmatch(ref.lower()):
+        rows = [r for r in store.teams() if r.team_id.hex().startswith(ref.lower())]
+    if len(rows) == 1:
+        return rows[0]
+    if rows:
+        listed = ", ".join(f"{r.team_id.hex()} ({r.name})" for r in rows)
+        raise ControlError("ambiguous", f"{len(rows)} teams match {ref!r}: {listed}; give the team ID instead")
+    raise ControlError("not-found", f"this node is in no team named {ref!r}; `aether-node team list` shows its teams")
+
+
+def held_descriptor(row: TeamRow) -> Descriptor:
+    """The descriptor a store row keeps (the signed record's encoding, checked when it was taken in)."""
+    return descriptor_of(decode_record(row.descriptor))
+
+
+def _team_dict(store: Store, row: TeamRow) -> dict[str, Any]:
+    descriptor = held_descriptor(row)
+    return {
+        "name": row.name, "id": row.team_id.hex(), "epoch": row.epoch, "k": descriptor.k, "n": descriptor.n,
+        "holds_share": store.team_share(row.team_id, row.epoch) is not None,
+        "unlocked": row.epoch in store.team_keys(row.team_id), "policy": row.policy,
+    }
+
+
+def _text(args: dict, name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        raise ControlError("bad-request", f"{name!r} must be a non-empty string")
+    return value
+
+
+async def _create(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    members = args.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        raise ControlError("bad-request", "'members' must be a list of identity strings")
+    threshold = args.get("threshold")
+    shares_out = args.get("shares_out")
+    if shares_out is not None and not (isinstance(shares_out, str) and Path(shares_out).is_absolute()):
+        raise ControlError("bad-request", "'shares_out' must be an absolute path")
+    created = await create_team(library.node, _text(args, "name"), threshold, parse_members(members),
+                                Path(shares_out) if shares_out else None)
+    d = created.descriptor
+    me = library.node.identity.public
+    return {
+        "name": d.name, "id": d.team_id.hex(), "epoch": d.epoch, "k": d.k, "n": d.n, "replicas": created.replicas,
+        "members": [
+            {"index": x.index, "node_id": x.member.node_id.hex(), "identity": x.member.to_string(),
+             "self": x.member == me, "replicas": x.replicas, "file": str(x.file) if x.file else None,
+             "error": x.error}
+            for x in created.deliveries
+        ],
+    }
+
+
+def _accepted_dict(accepted: Accepted) -> dict[str, Any]:
+    d = accepted.descriptor
+    return {"name": d.name, "id": d.team_id.hex(), "epoch": d.epoch, "k": d.k, "n": d.n, "index": accepted.index,
+            "new": accepted.new, "newest_epoch": accepted.newest.epoch}
+
+
+async def _import_share(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    data = args.get("data")
+    if not isinstance(data, bytes):
+        raise ControlError("bad-request", "'data' must be the share file's bytes")
+    return _accepted_dict(import_share(library.node, data))
+
+
+async def _list(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    store = library.node.store
+    return {"teams": [_team_dict(store, row) for row in store.teams()]}
+
+
+async def _status(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    node = library.node
+    row = resolve_team(node.store, _text(args, "team"))
+    descriptor = held_descriptor(row)
+    bound = args.get("timeout", REACH_TIMEOUT)
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound <= 3600:
+        raise ControlError("bad-request", "'timeout' must be a number of seconds from 0 to 3600")
+    me = node.identity.public
+    others = [m for m in descriptor.members if m != me]
+    connected = bool(node.protocol.contacts())
+    reaches = dict(zip(others, await reach_all(node, others, float(bound)))) if connected else {}
+    members = []
+    for index, member in enumerate(descriptor.members, start=1):
+        entry: dict[str, Any] = {"index": index, "node_id": member.node_id.hex(), "identity": member.to_string(),
+                                 "self": member == me, "reachable": None, "address": None, "reason": None}
+        if member == me:
+            entry.update(reachable=True if connected else None, reason="this node")
+        elif member in reaches:
+            found = reaches[member]
+            entry.update(reachable=found.reachable, reason=found.reason,
+                         address=f"{found.address[0]}:{found.address[1]}" if found.address else None)
+        else:
+            entry["reason"] = "not connected to the network"
+        members.append(entry)
+    return {**_team_dict(node.store, row), "index": descriptor.index_of(me.signing_public),
+            "connected": connected, "members": members}
+
+
+TEAM_OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
+    "team-create": _create, "team-import-share": _import_share, "team-list": _list, "team-status": _status,
+}
+"""Team operations, served like the pattern operations (node/api.py)."""
