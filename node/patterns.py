@@ -27,7 +27,7 @@ from aether.crypto.records import SignedRecord, create_record
 from aether.node import entries as E
 from aether.node.chunks import Manifest, ManifestError, assemble, split
 from aether.node.pattern import PATTERN_ID, Pattern, parse_pattern
-from aether.node.server import REFUSED_ELSEWHERE, STORE_ATTEMPTS, AetherNode, Spares, charge_of, next_seq
+from aether.node.server import REFUSED_ELSEWHERE, AetherNode, Spares, charge_of, next_seq
 from aether.node.values import Entry, ValueRejected, check_value
 from aether.storage.store import BLOCK, StoredEntry, value_charge
 
@@ -35,6 +35,7 @@ HASH = re.compile(r"[0-9a-f]{64}")
 MAX_PARALLEL_STORES = 24
 """Block STOREs in flight while placing a pattern: a 1 MiB pattern is 171 blocks × k nodes,
 more than a receiver's socket buffer takes at once."""
+STORE_ATTEMPTS = 3
 #: What a head record's history (up to MAX_HISTORY earlier hashes and times) adds to it.
 HEAD_HISTORY_BYTES = E.MAX_HISTORY * 48
 MAX_PARALLEL_PULLS = 16

@@ -75,8 +75,6 @@ class QuotaExceeded(Exception):
         )
 
 
-STORE_ATTEMPTS = 3
-"""Times a STORE is sent before its target counts as unreachable."""
 FULL = "full"
 """The error a STORE gets from a node with no room left: the value belongs on the next closest node."""
 LIGHT = "light"
@@ -640,10 +638,7 @@ class AetherNode(Server):
 
         async def store(node: Node | None) -> None:
             while node is not None:
-                for _ in range(STORE_ATTEMPTS):  # a datagram lost in a burst is sent again
-                    ok, body = await self.protocol.call_store(node, key, value)
-                    if ok:
-                        break
+                ok, body = await self.protocol.call_store(node, key, value)
                 if not ok:
                     report.unreachable += 1
                     return
