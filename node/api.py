@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aether.crypto.identity import node_id_for
 from aether.node.control import ControlError
 from aether.node.entries import Summary
+from aether.node.home import format_address
 from aether.node.pattern import PatternError
 from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, PatternNotFound
 from aether.node.server import QuotaExceeded
@@ -192,7 +193,7 @@ async def _status(library: PatternLibrary, daemon: DaemonInfo | None, args: dict
     host, port = node.address
     contacts = len(node.protocol.contacts())
     result.update(
-        pid=daemon.pid, address=f"{host}:{port}", started_at=time.time() - uptime, uptime=uptime,
+        pid=daemon.pid, address=format_address(host, port), started_at=time.time() - uptime, uptime=uptime,
         peers={
             "contacts": contacts,
             "buckets_in_use": sum(1 for bucket in buckets if len(bucket)),
@@ -218,7 +219,7 @@ async def _peers(library: PatternLibrary, daemon: DaemonInfo | None, args: dict)
     for contact in sorted(protocol.contacts(), key=node.node.distance_to):
         address = (contact.ip, contact.port)
         peers.append({
-            "node_id": contact.id.hex(), "address": f"{contact.ip}:{contact.port}",
+            "node_id": contact.id.hex(), "address": format_address(contact.ip, contact.port),
             "rtt": protocol.rtt.srtt(address), "timeout": protocol.rtt.timeout_for(address),
             "last_seen": protocol.last_seen(contact.id), "failures": protocol.failures(contact.id),
         })

@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from aether.node import api
 from aether.node.control import ControlError, ControlServer
-from aether.node.home import DaemonSettings, Home, HomeError
+from aether.node.home import DaemonSettings, Home, HomeError, format_address
 from aether.node.patterns import PatternLibrary
 from aether.node.server import AetherNode
 from aether.storage import device
@@ -137,7 +137,7 @@ async def running_node(home: Home, settings: DaemonSettings, listen: tuple[str, 
         try:
             await node.listen(port, host)
         except OSError as exc:
-            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise DaemonError(f"cannot listen on {format_address(host, port)}: {exc.strerror}") from None
         yield node
     finally:
         node.stop()
@@ -163,7 +163,7 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
             discovery = None
             try:
                 bound_host, bound_port = node.address
-                print(f"listening on {bound_host}:{bound_port} node {node.node.id.hex()}", file=out, flush=True)
+                print(f"listening on {format_address(bound_host, bound_port)} node {node.node.id.hex()}", file=out, flush=True)
                 heard = asyncio.Event()
                 discovery = await _discover(node, settings, heard)
                 joiner = asyncio.ensure_future(_keep_joined(node, settings, stop, info.join, discovery, heard))
@@ -307,7 +307,7 @@ async def _keep_joined(
                     log.exception("joining failed")
                     found, join.last_error = [], f"joining failed: {exc.__class__.__name__}: {exc}"
                 else:
-                    first = f"{peers[0][0]}:{peers[0][1]}"
+                    first = format_address(*peers[0])
                     join.last_error = None if found else (
                         f"none of the {len(peers)} known peer(s) answered (first: {first})"
                     )

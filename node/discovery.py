@@ -32,6 +32,8 @@ import ifaddr
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from aether.node.home import format_address
+
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_aether._udp.local."
@@ -285,7 +287,7 @@ class Discovery:
             return
         if peer is not None:
             log.info("found aether node %s on the local network at %s", peer.node_id.hex(),
-                     ", ".join(f"{h}:{p}" for h, p in peer.addresses))
+                     ", ".join(format_address(h, p) for h, p in peer.addresses))
             self.on_peer(peer)
 
     async def close(self) -> None:

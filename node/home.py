@@ -87,6 +87,11 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets: what :func:`parse_address` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def resolve_home(option: str | os.PathLike | None = None) -> Path:
     if option:
         return Path(option).expanduser()

@@ -19,7 +19,7 @@ from typing import Any
 from aether.node import api
 from aether.node.control import ControlClient, ControlError, DaemonNotRunning
 from aether.node.daemon import lock_home, running_node
-from aether.node.home import Home
+from aether.node.home import Home, format_address
 from aether.node.patterns import PatternLibrary
 from aether.node.server import AetherNode
 
@@ -86,5 +86,5 @@ async def _join(node: AetherNode, home: Home, bootstrap: list[tuple[str, int]], 
         raise ControlError(
             "no-network",
             f"no daemon is running on {home.path} and none of the {len(peers)} known peer(s) answered "
-            f"(first: {peers[0][0]}:{peers[0][1]}); start the daemon or check the network",
+            f"(first: {format_address(*peers[0])}); start the daemon or check the network",
         )

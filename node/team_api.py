@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aether.crypto.records import decode_record
 from aether.node.contact import reach_all
 from aether.node.control import ControlError
+from aether.node.home import format_address
 from aether.node.team_ceremony import Accepted, create_team, import_share, parse_members
 from aether.node.teams import Descriptor, descriptor_of
 from aether.storage.store import Store, TeamRow
@@ -124,7 +125,7 @@ async def _status(library: PatternLibrary, args: dict) -> dict[str, Any]:
         elif member in reaches:
             found = reaches[member]
             entry.update(reachable=found.reachable, reason=found.reason,
-                         address=f"{found.address[0]}:{found.address[1]}" if found.address else None)
+                         address=format_address(*found.address) if found.address else None)
         else:
             entry["reason"] = "not connected to the network"
         members.append(entry)

@@ -24,6 +24,7 @@ import msgpack
 import pytest
 from kademlia.node import Node
 
+from aether.node.home import format_address, parse_address
 from aether.node.values import block_key
 from aether.simulations.network import address_of, local_network
 
@@ -485,3 +486,14 @@ def test_a_home_too_deep_for_a_unix_socket_is_served_over_loopback_tcp_with_a_to
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait_exit() == 0, d.stderr()
     assert not config.exists(), "the token leaves with the daemon"
+
+
+def test_an_ipv6_listen_address_is_written_with_brackets(home: Path, daemons) -> None:
+    """The ready line and status give ``[::1]:PORT``, which --bootstrap and config.toml read back."""
+    d = daemons(home, "--listen", "[::1]:0")
+    host, port, _ = d.wait_ready()
+    assert host == "[::1]" and 0 < port < 65536
+    assert parse_address(f"{host}:{port}") == ("::1", port)
+    status = cli("--home", str(home), "--json", "status")
+    assert json.loads(status.stdout)["address"] == f"[::1]:{port}"
+    assert format_address("127.0.0.1", 7411) == "127.0.0.1:7411"
