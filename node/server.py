@@ -548,10 +548,8 @@ class AetherNode(Server):
     def _held_charge(self, checked: Block | Record | Entry) -> int:
         """What the version of ``checked`` held here is charged against the quota (0 if none is held)."""
         if isinstance(checked, Entry):
-            held = self.store.entry(checked.key, checked.record.author, checked.record.name)
-        else:
-            held = self.store.get(checked.key, touch=False)
-        return held.size if held is not None else 0
+            return self.store.held_size(checked.key, checked.record.author, checked.record.name)
+        return self.store.held_size(checked.key)
 
     def _place_of(self, key: bytes) -> bytes:
         """The key a value lives near: its own, or its pattern's for a block already linked to one."""

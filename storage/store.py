@@ -772,6 +772,21 @@ class Store:
         with self._read() as c:
             return c.execute("SELECT 1 FROM values_ WHERE key = ?", (key,)).fetchone() is not None
 
+    def held_size(self, key: bytes, author: bytes | None = None, name: bytes | None = None) -> int:
+        """What the value under ``key`` (or the entry of ``author`` and ``name``) is charged; 0 if not held.
+
+        Reads the charge alone, not the bytes: every STORE a node serves asks it.
+        """
+        _check_key(key)
+        with self._read() as c:
+            if author is None:
+                row = c.execute("SELECT size FROM values_ WHERE key = ?", (key,)).fetchone()
+            else:
+                row = c.execute(
+                    "SELECT size FROM entries WHERE key = ? AND author = ? AND name = ?", (key, author, name)
+                ).fetchone()
+        return 0 if row is None else row[0]
+
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; True if it was held."""
         _check_key(key)

@@ -200,3 +200,12 @@ def test_migration_to_v4_recharges_rows_and_turns_on_incremental_vacuum(tmp_path
 def test_make_room_refuses_negative_sizes(tmp_path: Path, needed: int, budget: int) -> None:
     with Store(tmp_path / "n.db") as s, pytest.raises(ValueError):
         s.make_room(needed, budget, near=NEAR)
+
+
+def test_held_size_is_the_rows_charge(tmp_path: Path) -> None:
+    with Store(tmp_path / "n.db") as s:
+        s.put(key_at(7), b"v" * 300, kind=BLOCK, role="replica", now=T0)
+        s.put_entry(key_at(8), b"a" * 32, b"t#1", b"e" * 50, seq=1, expires=T0 + 9, role="replica", now=T0)
+        assert s.held_size(key_at(7)) == value_charge(20, 300)
+        assert s.held_size(key_at(8), b"a" * 32, b"t#1") == entry_charge(20, 32, 3, 50)
+        assert s.held_size(key_at(9)) == 0 and s.held_size(key_at(8), b"b" * 32, b"t#1") == 0
