@@ -94,11 +94,14 @@ class TeamSettings:
 
     inbox_interval: float = 300.0
     """Seconds between reads of this node's inbox, where shares of new teams are delivered."""
+    unlock_ttl: float = 8 * 3600.0
+    """Seconds an unlocked team key is kept (sealed at rest) before this node forgets it."""
 
     def __post_init__(self) -> None:
-        value = self.inbox_interval
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"inbox_interval must be a number of seconds greater than 0, not {value!r}")
+        for name in ("inbox_interval", "unlock_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name} must be a number of seconds greater than 0, not {value!r}")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TeamSettings:

@@ -155,7 +155,7 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
     try:
         info = DaemonInfo(pid=os.getpid(), started=time.monotonic())
         async with running_node(home, settings, settings.listen) as node:
-            control = ControlServer(home.path, functools.partial(api.handle, PatternLibrary(node), daemon=info))
+            control = ControlServer(home.path, functools.partial(api.handle, PatternLibrary(node, settings.teams), daemon=info))
             try:
                 await control.start()
             except ControlError as exc:

@@ -54,6 +54,7 @@ mdns = true
 
 [teams]
 # inbox_interval = 300          # seconds between reads of this node's inbox (shares of new teams)
+# unlock_ttl = 28800            # seconds an unlocked team key is kept before it is forgotten (8 h)
 
 [storage]
 # device_class = "auto"         # auto (detected), desktop, laptop, tablet or phone

@@ -26,6 +26,7 @@ from aether.crypto.identity import IdentityError, PublicIdentity, node_id_for
 from aether.crypto.records import SignedRecord, create_record
 from aether.node import entries as E
 from aether.node.chunks import Manifest, ManifestError, assemble, split
+from aether.node.config import TeamSettings
 from aether.node.pattern import PATTERN_ID, Pattern, parse_pattern
 from aether.node.server import REFUSED_ELSEWHERE, AetherNode, Spares, charge_of, next_seq
 from aether.node.values import Entry, ValueRejected, check_value
@@ -125,8 +126,9 @@ def author_matches(author: bytes, wanted: str) -> bool:
 class PatternLibrary:
     """The pattern operations of one node, shared by the daemon and the one-shot CLI."""
 
-    def __init__(self, node: AetherNode):
+    def __init__(self, node: AetherNode, teams: TeamSettings | None = None):
         self.node = node
+        self.teams = teams or TeamSettings()  # [teams] in config.toml: how long an unlock lasts
         self.store = node.store
         self.max_pattern_bytes = node.config.max_pattern_bytes
         self._stores = asyncio.Semaphore(MAX_PARALLEL_STORES)

@@ -56,7 +56,7 @@ async def _temporary_node(home: Home, *, network: bool, timeout: float) -> Async
             node.light = True  # it lives for one command: replicas handed to it would leave with it
             if network:
                 await _join(node, home, settings.bootstrap, timeout)
-            library = PatternLibrary(node)
+            library = PatternLibrary(node, settings.teams)
 
             async def call(op: str, args: dict[str, Any]) -> Any:
                 try:
