@@ -197,6 +197,19 @@ class AetherNode(Server):
         if self.transport is not None:
             self.transport.close()
 
+    def halt(self) -> None:
+        """Stop at once, as a crashed process would: nothing saved, the socket dropped.
+
+        Simulations use it for abrupt kills; peers see the node fall silent, as after ``kill -9``.
+        """
+        for job in self._jobs:
+            job.cancel()
+        self._jobs.clear()
+        if self.protocol is not None:
+            self.protocol.close()
+        if self.transport is not None:
+            self.transport.abort()
+
     async def bootstrap(self, addrs: list[tuple[str, int]]) -> list[Node]:
         """Join through known addresses: ping them, then look up our own ID."""
         replies = await asyncio.gather(*(self.bootstrap_node(tuple(a)) for a in addrs))

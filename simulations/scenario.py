@@ -103,25 +103,17 @@ class Scenario:
         return classes
 
     def timeline(self, seed: int | None = None) -> list[Step]:
-        """The events as concrete steps, in time order; the same seed gives the same list."""
+        """The events as concrete steps, in time order; the same seed gives the same list.
+
+        Events are first cut into primitive steps at their times (a churn becomes
+        single joins and leaves at exponential intervals); then the steps are walked
+        in time order, choosing their nodes among those alive at that moment.
+        """
         rng = random.Random(self.seed if seed is None else seed)
-        alive = list(range(self.nodes))
-        next_index = self.nodes
-        steps: list[Step] = []
-        for event in sorted(self.events, key=lambda e: e.at):
+        raw: list[tuple[float, int, str, dict[str, Any]]] = []  # (time, order, action, args)
+        for order, event in enumerate(self.events):
             a = event.args
-            if event.action in ("kill", "leave"):
-                n = a["count"] if "count" in a else round(a["fraction"] * len(alive))
-                n = min(n, max(0, len(alive) - 1))  # one node always stays: a network of none tells nothing
-                chosen = sorted(rng.sample(alive, n))
-                alive = [i for i in alive if i not in set(chosen)]
-                steps.append(Step(event.at, event.action, {"nodes": chosen}))
-            elif event.action == "join":
-                new = list(range(next_index, next_index + a["count"]))
-                next_index += a["count"]
-                alive += new
-                steps.append(Step(event.at, "join", {"nodes": new}))
-            elif event.action == "churn":
+            if event.action == "churn":
                 t, end = event.at, event.at + a["duration"]
                 joins, leaves = a.get("joins_per_s", 0.0), a.get("leaves_per_s", 0.0)
                 rate = joins + leaves
@@ -129,31 +121,47 @@ class Scenario:
                     t += rng.expovariate(rate)
                     if t >= end:
                         break
-                    if rng.random() < joins / rate:
-                        alive.append(next_index)
-                        steps.append(Step(round(t, 3), "join", {"nodes": [next_index]}))
-                        next_index += 1
-                    elif len(alive) > 1:
-                        gone = rng.choice(alive)
-                        alive.remove(gone)
-                        steps.append(Step(round(t, 3), "kill" if a.get("leave", "abrupt") == "abrupt" else "leave",
-                                          {"nodes": [gone]}))
+                    leave = "kill" if a.get("leave", "abrupt") == "abrupt" else "leave"
+                    raw.append((round(t, 3), order, "join" if rng.random() < joins / rate else leave, {"count": 1}))
             elif event.action == "partition":
+                raw.append((event.at, order, "partition", a))
+                raw.append((event.at + a["duration"], order, "heal", {}))
+            else:
+                raw.append((event.at, order, event.action, a))
+        raw.sort(key=lambda r: (r[0], r[1]))
+
+        alive = list(range(self.nodes))
+        next_index = self.nodes
+        steps: list[Step] = []
+        for at, _, action, a in raw:
+            if action in ("kill", "leave"):
+                n = a["count"] if "count" in a else round(a["fraction"] * len(alive))
+                n = min(n, len(alive) - 1)  # one node always stays: a network of none tells nothing
+                if n <= 0:
+                    continue
+                chosen = sorted(rng.sample(alive, n))
+                gone = set(chosen)
+                alive = [i for i in alive if i not in gone]
+                steps.append(Step(at, action, {"nodes": chosen}))
+            elif action == "join":
+                new = list(range(next_index, next_index + a["count"]))
+                next_index += a["count"]
+                alive += new
+                steps.append(Step(at, "join", {"nodes": new}))
+            elif action == "partition":
                 groups = a.get("groups", 2)
                 shuffled = alive[:]
                 rng.shuffle(shuffled)
-                parts = [sorted(shuffled[g::groups]) for g in range(groups)]
-                steps.append(Step(event.at, "partition", {"groups": parts}))
-                steps.append(Step(event.at + a["duration"], "heal", {}))
-            elif event.action in ("publish", "fetch", "search"):
-                steps.append(Step(event.at, event.action,
-                                  {"count": a["count"], "nodes": [rng.choice(alive) for _ in range(a["count"])]}))
-            elif event.action == "team":
+                steps.append(Step(at, "partition", {"groups": [sorted(shuffled[g::groups]) for g in range(groups)]}))
+            elif action in ("publish", "fetch", "search"):
+                steps.append(Step(at, action, {"count": a["count"],
+                                               "nodes": [rng.choice(alive) for _ in range(a["count"])]}))
+            elif action == "team":
                 members = sorted(rng.sample(alive, min(a["members"], len(alive))))
-                steps.append(Step(event.at, "team", {"members": members, "k": a["k"], "patterns": a.get("patterns", 1)}))
-            else:  # transport
-                steps.append(Step(event.at, event.action, dict(a)))
-        return sorted(steps, key=lambda s: s.at)
+                steps.append(Step(at, "team", {"members": members, "k": a["k"], "patterns": a.get("patterns", 1)}))
+            else:  # heal, transport
+                steps.append(Step(at, action, dict(a)))
+        return steps
 
 
 # ------------------------------------------------------------------ loading

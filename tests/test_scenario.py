@@ -92,3 +92,21 @@ def test_an_unknown_scenario_lists_the_shipped_ones(tmp_path) -> None:
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ScenarioError, match="cannot read it"):
         load(bad)
+
+
+def test_every_step_names_only_nodes_alive_at_its_time() -> None:
+    for name in ("churn", "team"):
+        scenario = load(name)
+        alive = set(range(scenario.nodes))
+        for step in scenario.timeline(5):
+            if step.action in ("kill", "leave"):
+                assert set(step.args["nodes"]) <= alive, (name, step)
+                alive -= set(step.args["nodes"])
+            elif step.action == "join":
+                assert not set(step.args["nodes"]) & alive
+                alive |= set(step.args["nodes"])
+            elif step.action in ("publish", "fetch", "search"):
+                assert set(step.args["nodes"]) <= alive, (name, step)
+            elif step.action == "team":
+                assert set(step.args["members"]) <= alive
+        assert alive

@@ -1,0 +1,287 @@
+"""Run a scenario on real nodes spread over worker processes, and report what happened.
+
+The network is started and joined first; then each step of the scenario's timeline
+(simulations/scenario.py) runs at its time, counted from the moment the network had
+joined. Operations of one step run concurrently (at most ``PARALLEL`` at once), as
+many users would. The report holds latency percentiles and success rates per
+operation, hops and messages per lookup, replicas per pattern and fetch success
+over time, storage fill per device class, and datagrams and bytes per operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from aether.node import entries as E
+from aether.node.pattern import parse_pattern
+from aether.simulations.cluster import Cluster, NodeGone
+from aether.simulations.demo import example_patterns
+from aether.simulations.scenario import Scenario, Step
+from aether.simulations.stats import percentiles
+from aether.storage.device import QUOTA_RANGES
+from aether.storage.store import RESERVED_BYTES
+
+PARALLEL = 16
+"""Operations of one step in flight at once."""
+QUOTA_SCALE = 0.001
+"""Simulated quotas are the seed's smallest quota per device class times this, plus the store's fixed reserve,
+so that a simulated network of small patterns can fill its devices."""
+REPLICA_SAMPLES = 30
+"""How many times over a run the replicas of every published pattern are counted."""
+SIM_CONFIG = {"ksize": 8}
+"""Replication factor and bucket size of simulated nodes (the default 20 needs far more nodes to mean much)."""
+
+_WORDS = ("relay", "gossip", "ledger", "anchor", "beacon", "bridge", "cache", "quorum", "lattice", "mirror",
+          "harbor", "signal", "vault", "shard", "token", "orbit", "prism", "cipher", "tide", "ember")
+
+
+def synthetic_pattern(rng: random.Random, number: int) -> bytes:
+    """A valid pattern document for the simulation, 1 to 20 KiB, with a title of three words."""
+    title = " ".join(w.capitalize() for w in rng.sample(_WORDS, 3))
+    body = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(150, 3000)))
+    return (f"# Pattern-SIM-{number:03d}: {title}\n\n**CREATED:** 2026-01-01T00:00:00Z\n**STATUS:** Active\n"
+            f"**CATEGORY:** Simulation\n\n## Problem\n{body}\n\n## Solution\nShare it.\n").encode()
+
+
+@dataclass
+class Published:
+    id: str
+    hash: str
+    title_word: str
+
+
+@dataclass
+class Record:
+    """What a run measured, filled in as the steps run."""
+
+    ops: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    success: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: dict[str, int] = field(default_factory=dict)
+    late: float = 0.0
+
+    def add(self, op: str, result: dict[str, Any]) -> None:
+        """Count an operation; one whose node was killed under it is counted apart, as interrupted."""
+        if result.get("gone"):
+            self.interrupted[op] = self.interrupted.get(op, 0) + 1
+        else:
+            self.ops.setdefault(op, []).append(result)
+
+
+class Run:
+    def __init__(self, scenario: Scenario, cluster: Cluster, seed: int, say: Callable[[str], Any]):
+        self.scenario, self.cluster, self.say = scenario, cluster, say
+        self.rng = random.Random(seed)
+        self.record = Record()
+        self.published: list[Published] = []
+        self.devices = scenario.devices(seed)
+        self._documents = list(example_patterns().values())
+        self._next_synthetic = 1
+        self.settings = self._settings()
+        self.publishing: list[asyncio.Future] = []
+
+    def _settings(self) -> dict[int, dict[str, Any]]:
+        """Per-node settings from the device population: quota, and light for phones and tablets on battery."""
+        settings = {}
+        for index, device_class in enumerate(self.devices):
+            quota = RESERVED_BYTES + int(QUOTA_RANGES[device_class][0] * QUOTA_SCALE)
+            on_battery = device_class != "desktop" and self.rng.random() < 0.5
+            settings[index] = {"quota_bytes": quota, "light": on_battery and device_class in ("phone", "tablet")}
+        return settings
+
+    def document(self) -> bytes:
+        if self._documents:
+            return self._documents.pop(0)
+        self._next_synthetic += 1
+        return synthetic_pattern(self.rng, self._next_synthetic - 1)
+
+    async def _bounded(self, calls: list) -> list:
+        places = asyncio.Semaphore(PARALLEL)
+
+        async def one(call):
+            async with places:
+                try:
+                    return await call
+                except NodeGone:
+                    return {"ok": False, "gone": True, "ms": 0.0, "datagrams": 0, "bytes": 0}
+
+        return await asyncio.gather(*(one(c) for c in calls))
+
+    async def step(self, step: Step) -> None:
+        """Run one step; a user operation's results go into the record as they come."""
+        c = self.cluster
+        action, a = step.action, step.args
+        if action == "publish":
+            self.publishing.append(asyncio.current_task())
+            docs = [self.document() for _ in a["nodes"]]
+            results = await self._bounded([c.call(n, "publish", data=d) for n, d in zip(a["nodes"], docs)])
+            for doc, result in zip(docs, results):
+                self.record.add("publish", result)
+                pattern = parse_pattern(doc)
+                self.published.append(Published(pattern.id, pattern.hash, next(iter(E.words(pattern.name)), "")))
+        elif action in ("fetch", "search"):
+            await asyncio.gather(*self.publishing)  # what was being published before this step is there to find
+            if not self.published:
+                return
+            targets = [self.rng.choice(self.published) for _ in a["nodes"]]
+            refs = [self.rng.choice((p.id, p.hash)) for p in targets]
+            keys = [self.rng.randbytes(20) for _ in a["nodes"]]
+            if action == "fetch":
+                calls = [c.call(n, "fetch", ref=r, expect=p.hash) for n, r, p in zip(a["nodes"], refs, targets)]
+            else:
+                calls = [c.call(n, "search", terms=[p.title_word], expect=p.hash) for n, p in zip(a["nodes"], targets)]
+            results = await self._bounded(calls)
+            for result in results:
+                self.record.add(action, result)
+            counted = [r for r in results if not r.get("gone")]
+            if action == "fetch" and counted:
+                self.record.success.append({"t": round(step.at, 1), "alive": len(c.alive),
+                                            "fetch_success": sum(r["ok"] for r in counted) / len(counted)})
+                lookups = await self._bounded([c.call(n, "lookup", target=k) for n, k in zip(a["nodes"], keys)])
+                for n, key, result in zip(a["nodes"], keys, lookups):
+                    if not result.get("gone"):
+                        result["ok"] = self.found_closest(n, key, result.pop("closest"))
+                    self.record.add("lookup", result)
+        elif action in ("kill", "leave"):
+            await c.kill(a["nodes"], graceful=action == "leave")
+        elif action == "join":
+            through = [i for i in c.alive if i not in a["nodes"]]
+            await c.start(a["nodes"])
+            await c.join(a["nodes"], through=through)
+        elif action == "partition":
+            await c.partition(a["groups"])
+        elif action == "heal":
+            await c.broadcast("heal")
+        elif action == "transport":
+            await c.broadcast("transport", **a)
+
+    def found_closest(self, asker: int, target: bytes, closest: list[bytes]) -> bool:
+        """Whether a lookup found the live node nearest to ``target`` (the asker aside), as Kademlia must."""
+        t = int.from_bytes(target, "big")
+        nearest = min((i for i in self.cluster.alive if i != asker),
+                      key=lambda i: int.from_bytes(self.cluster.ids[i], "big") ^ t)
+        return bool(closest) and closest[0] == self.cluster.ids[nearest]
+
+    async def sample_replicas(self, samples: int, duration: float) -> None:
+        """Count replicas per pattern ``samples`` times over the scenario's duration."""
+        t0 = time.monotonic()
+        interval = max(1.0, duration / samples)
+        while True:
+            await asyncio.sleep(interval)
+            await self.count_replicas(time.monotonic() - t0)
+
+    async def count_replicas(self, t: float) -> None:
+        if not self.published:
+            return
+        keys = [E.pattern_key(p.hash) for p in self.published]
+        per_worker = await self.cluster.broadcast("holders", keys=keys)
+        held = [sum(counts) for counts in zip(*per_worker)]
+        self.record.replicas.append({"t": round(t, 1), "alive": len(self.cluster.alive), "min": min(held),
+                                     "mean": round(sum(held) / len(held), 2), "lost": sum(h == 0 for h in held)})
+
+    async def fill(self) -> dict[str, dict[str, float]]:
+        """Stored bytes over quota per device class, at the end."""
+        settings = self.settings
+        by_class: dict[str, list[float]] = {}
+        for stats in await self.cluster.broadcast("stats"):
+            for index, node in stats["nodes"].items():
+                index = int(index)
+                if index < len(self.devices):
+                    by_class.setdefault(self.devices[index], []).append(
+                        node["stored_bytes"] / settings[index]["quota_bytes"])
+        return {cls: {"nodes": len(v), **percentiles([x * 100 for x in v], (50, 90, 100))}
+                for cls, v in sorted(by_class.items())}
+
+
+async def run_scenario(scenario: Scenario, *, nodes: int | None = None, seed: int | None = None,
+                       workers: int | None = None, root: Path | None = None,
+                       progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Run ``scenario`` (its node count and seed unless given) and return the report."""
+    say = progress or (lambda _: None)
+    if nodes is not None:
+        scenario = replace(scenario, nodes=nodes)
+    seed = scenario.seed if seed is None else seed
+    with tempfile.TemporaryDirectory(prefix="aether-sim-", dir=root) as tmp:
+        async with Cluster(Path(tmp), workers, seed=seed, config=SIM_CONFIG) as cluster:
+            run = Run(scenario, cluster, seed, say)
+            started = time.monotonic()
+            say(f"starting {scenario.nodes} nodes in {cluster.count} worker processes ...")
+            await cluster.grow(scenario.nodes, each=run.settings)
+            join_s = time.monotonic() - started
+            say(f"joined in {join_s:.1f} s; running {scenario.name} ...")
+            timeline = scenario.timeline(seed)
+            sampler = asyncio.ensure_future(run.sample_replicas(REPLICA_SAMPLES, timeline[-1].at if timeline else 0))
+            running: list[asyncio.Task] = []
+            t0 = time.monotonic()
+            for number, step in enumerate(timeline, start=1):
+                wait = t0 + step.at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                else:
+                    run.record.late = max(run.record.late, -wait)
+                # Steps overlap as they would in the world: a slow fetch does not hold back the churn.
+                running.append(asyncio.ensure_future(run.step(step)))
+                if step.action in ("publish", "fetch", "search", "team") or number == len(timeline):
+                    say(f"  t={step.at:.1f}s {step.action} ({len(cluster.alive)} nodes alive)")
+            try:
+                await asyncio.gather(*running)
+            finally:
+                sampler.cancel()
+            await run.count_replicas(time.monotonic() - t0)
+            fill = await run.fill()
+            return report(scenario, seed, cluster.count, join_s, run.record, fill)
+
+
+def report(scenario: Scenario, seed: int, workers: int, join_s: float, record: Record,
+           fill: dict[str, dict[str, float]]) -> dict[str, Any]:
+    ops = {}
+    for op, results in record.ops.items():
+        entry: dict[str, Any] = {"count": len(results), "success": sum(r["ok"] for r in results) / len(results),
+                                 "ms": percentiles(r["ms"] for r in results)}
+        if op == "lookup":
+            entry["hops"] = percentiles((r["hops"] for r in results), (50, 90, 99))
+            entry["messages"] = percentiles((r["messages"] for r in results), (50, 90, 99))
+        if op == "publish":
+            entry["replicas"] = percentiles((r["replicas"] for r in results), (50, 10))
+        entry["datagrams_per_op"] = round(sum(r["datagrams"] for r in results) / len(results), 1)
+        entry["bytes_per_op"] = round(sum(r["bytes"] for r in results) / len(results))
+        ops[op] = entry
+    for op, count in record.interrupted.items():
+        ops.setdefault(op, {"count": 0})["interrupted"] = count
+    return {
+        "scenario": scenario.name, "nodes": scenario.nodes, "seed": seed, "workers": workers,
+        "join_seconds": round(join_s, 2), "late_seconds": round(record.late, 2),
+        "operations": ops, "replicas_over_time": record.replicas, "success_over_time": record.success,
+        "storage_fill_percent": fill,
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"aether-node simulate {r['scenario']}: {r['nodes']} nodes in {r['workers']} processes "
+             f"(seed {r['seed']}), joined in {r['join_seconds']:.1f} s",
+             f"  {'operation':<10} {'count':>6} {'success':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
+             f" {'msgs/op':>8} {'KiB/op':>7}"]
+    for op, e in r["operations"].items():
+        if e["count"]:
+            lines.append(f"  {op:<10} {e['count']:>6} {e['success']:>8.1%} {e['ms']['p50']:>8.1f} {e['ms']['p90']:>8.1f}"
+                         f" {e['ms']['p99']:>8.1f} {e['datagrams_per_op']:>8.1f} {e['bytes_per_op'] / 1024:>7.1f}")
+        if e.get("interrupted"):
+            lines.append(f"  {'':<10} {e['interrupted']:>6} more {op} interrupted: their node was killed under them")
+    if "lookup" in r["operations"]:
+        lines.append(f"  hops per lookup: p50 {r['operations']['lookup']['hops']['p50']:.0f}, "
+                     f"p99 {r['operations']['lookup']['hops']['p99']:.0f}")
+    if r["replicas_over_time"]:
+        last = r["replicas_over_time"][-1]
+        lines.append(f"  replicas per pattern at the end: mean {last['mean']}, min {last['min']}, "
+                     f"lost {last['lost']} ({last['alive']} nodes alive)")
+    for cls, f in r["storage_fill_percent"].items():
+        lines.append(f"  storage fill, {cls:<8} {f['nodes']:>5} nodes: p50 {f['p50']:.0f} %, max {f['p100']:.0f} %")
+    if r["late_seconds"] > 1:
+        lines.append(f"  note: steps ran up to {r['late_seconds']:.1f} s behind the scenario's times")
+    return "\n".join(lines)
