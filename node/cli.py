@@ -114,15 +114,42 @@ def daemon(obj: Context, listen: tuple[str, int] | None, bootstrap: list[tuple[s
 
 
 @cli.command()
-@click.option("--nodes", default=50, show_default=True, type=click.IntRange(2, 2000), help="Nodes in the network.")
-@click.option("--seed", default=1, show_default=True, type=int, help="Seed for a repeatable run.")
+@click.argument("scenario", default="demo", metavar="[SCENARIO]")
+@click.option("--nodes", type=click.IntRange(2, 5000), help="Nodes in the network (default: the scenario's).")
+@click.option("--seed", type=int, help="Seed for a repeatable run (default: the scenario's).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default: one per core).")
+@click.option("--out", type=click.Path(file_okay=False), help="Write report.json and PNG plots into this folder.")
 @click.pass_obj
-def simulate(obj: Context, nodes: int, seed: int) -> None:
-    """Start a local network of real nodes on loopback and exercise it."""
-    from aether.simulations.demo import render, run_demo
+def simulate(obj: Context, scenario: str, nodes: int | None, seed: int | None, workers: int | None,
+             out: str | None) -> None:
+    """Run SCENARIO on real nodes on loopback, spread over worker processes, and report what happened.
 
-    report = asyncio.run(run_demo(nodes=nodes, seed=seed, progress=None if obj.as_json else click.echo))
-    obj.emit(report, render(report))
+    SCENARIO is a shipped scenario (demo, churn, devices, team) or a scenario file
+    (TOML); demo by default. The same scenario and seed give the same events.
+    """
+    from aether.simulations.scenario import ScenarioError, load
+    from aether.simulations.simulate import render, run_scenario
+
+    try:
+        plan = load(scenario)
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from None
+    progress = (lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None
+    report = asyncio.run(run_scenario(plan, nodes=nodes, seed=seed, workers=workers, progress=progress))
+    written = []
+    if out:
+        from aether.simulations.plots import PlotsUnavailable, write_plots
+
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(folder / "report.json")
+        try:
+            written += write_plots(report, folder)
+        except PlotsUnavailable as exc:
+            click.echo(f"note: {exc}", err=True)
+    text = render(report) + "".join(f"\n  wrote {path}" for path in written)
+    obj.emit(report, text)
 
 
 # ---------------------------------------------------------------- patterns

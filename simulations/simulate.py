@@ -14,6 +14,7 @@ import asyncio
 import random
 import tempfile
 import time
+from importlib import resources
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,6 @@ from typing import Any, Callable
 from aether.node import entries as E
 from aether.node.pattern import parse_pattern
 from aether.simulations.cluster import Cluster, NodeGone
-from aether.simulations.demo import example_patterns
 from aether.simulations.scenario import Scenario, Step
 from aether.simulations.stats import percentiles
 from aether.storage.device import QUOTA_RANGES
@@ -39,6 +39,13 @@ SIM_CONFIG = {"ksize": 8}
 
 _WORDS = ("relay", "gossip", "ledger", "anchor", "beacon", "bridge", "cache", "quorum", "lattice", "mirror",
           "harbor", "signal", "vault", "shard", "token", "orbit", "prism", "cipher", "tide", "ember")
+
+
+def example_patterns() -> dict[str, bytes]:
+    """The example pattern documents shipped with the project (``simulations/patterns/``), by file name."""
+    folder = resources.files("aether.simulations") / "patterns"
+    return {item.name: item.read_bytes() for item in sorted(folder.iterdir(), key=lambda i: i.name)
+            if item.name.endswith(".md")}
 
 
 def synthetic_pattern(rng: random.Random, number: int) -> bytes:
@@ -243,7 +250,8 @@ def report(scenario: Scenario, seed: int, workers: int, join_s: float, record: R
     ops = {}
     for op, results in record.ops.items():
         entry: dict[str, Any] = {"count": len(results), "success": sum(r["ok"] for r in results) / len(results),
-                                 "ms": percentiles(r["ms"] for r in results)}
+                                 "ms": percentiles(r["ms"] for r in results),
+                                 "samples_ms": [round(r["ms"], 3) for r in results]}
         if op == "lookup":
             entry["hops"] = percentiles((r["hops"] for r in results), (50, 90, 99))
             entry["messages"] = percentiles((r["messages"] for r in results), (50, 90, 99))

@@ -9,6 +9,7 @@ real UDP sockets on loopback.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -178,3 +179,22 @@ async def test_latency_holds_each_datagram_back_and_keeps_it() -> None:
 def test_the_scenario_refuses_a_loss_that_would_stop_every_datagram(loss: float) -> None:
     with pytest.raises(ValueError, match="transport.loss"):
         parse(f"nodes = 3\n[transport]\nloss = {loss}\n")
+
+
+def test_the_simulate_command_writes_the_report_and_plots_and_refuses_a_bad_scenario(tmp_path) -> None:
+    from .test_cli_patterns import assert_clean_error, ok, run
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text('name = "tiny"\nnodes = 8\n[[events]]\naction = "publish"\ncount = 2\n'
+                        '[[events]]\nat = 1\naction = "fetch"\ncount = 4\n', encoding="utf-8")
+    out = tmp_path / "out"
+    result = ok(None, "simulate", str(scenario), "--workers", "2", "--seed", "4", "--out", str(out), as_json=True)
+    report = json.loads(result.stdout)
+    assert (report["scenario"], report["nodes"], report["seed"], report["workers"]) == ("tiny", 8, 4, 2)
+    assert report["operations"]["fetch"]["success"] == 1.0
+    assert json.loads((out / "report.json").read_text(encoding="utf-8")) == report
+    for name in ("latency.png", "over_time.png", "storage_fill.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scenario.write_text("nodes = 8\n[[events]]\naction = \"fly\"\n", encoding="utf-8")
+    assert_clean_error(run(None, "simulate", str(scenario)), "events[0].action: must be one of")
+    assert_clean_error(run(None, "simulate", "no-such"), "no scenario 'no-such'", "demo")
