@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -115,14 +114,15 @@ class Lookup:
         return live[: self.k]
 
     async def run(self) -> LookupResult:
-        started = time.monotonic()
-        self._done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # the loop's clock: the same as time.monotonic, or simulated time in the model
+        self._done = loop.create_future()
         self._in_flight = 0
         self._refills = 0
         self._pump()
         await self._done
         self._finish()
-        self.result.seconds = time.monotonic() - started
+        self.result.seconds = loop.time() - started
         return self.result
 
     def _pump(self) -> None:
