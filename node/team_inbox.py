@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from aether.crypto.records import SignedRecord
 from aether.node.server import AetherNode
 from aether.node.team_ceremony import TeamUnknown, accept_share, refresh_team
-from aether.node.teams import TeamError, inbox_key, share_of, team_key
+from aether.node.teams import TeamError, inbox_key, parse_inbox_name, share_of, team_key
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,22 @@ class Inbox:
             if moved:
                 report.moved.append((row.team_id, chain[-1].descriptor.epoch))
                 log.info("team %s (%s) is now at epoch %d", row.name, row.team_id.hex(), chain[-1].descriptor.epoch)
+                self._judge_again(row.team_id)
+
+    def _judge_again(self, team_id: bytes) -> None:
+        """Forget what was judged of a team's shares: they are judged again against the epoch now followed.
+
+        A share is refused when it is not signed by the maker of the epoch this node
+        follows; if this node followed the loser of a fork (the winner's descriptor had
+        not reached it yet), the winner's share was refused with it.
+        """
+        for ident in list(self._judged):
+            try:
+                judged_team = parse_inbox_name(ident[1])[1]
+            except TeamError:
+                continue
+            if judged_team == team_id:
+                del self._judged[ident]
 
     async def _descriptors(self, found: dict[bytes, list[SignedRecord]], team_id: bytes) -> list[SignedRecord]:
         """The descriptor records under a team's key, read from the DHT once per poll."""

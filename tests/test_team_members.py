@@ -14,10 +14,13 @@ import pytest_asyncio
 from aether.crypto.identity import Identity, PublicIdentity
 from aether.crypto.teams import (
     DecryptionError,
+    chain_previous,
     check_commitment,
     combine_shares,
+    commitment,
     decrypt_pattern,
     encrypt_pattern,
+    new_team_key,
     unchain_previous,
 )
 from aether.node.api import handle
@@ -28,9 +31,11 @@ from aether.node.team_api import held_descriptor
 from aether.node.team_ceremony import (
     SHARE_SUFFIX,
     TeamLocked,
+    _prepare,
     change_members,
     create_team,
     import_share,
+    plan_change,
 )
 from aether.node.team_inbox import Inbox
 from aether.node.team_keys import held_chain, keep_unlocked, unlocked_key
@@ -289,6 +294,37 @@ async def test_two_changes_at_once_every_reader_takes_the_smaller_digest(network
             assert node.store.team_share(team_id, 1) is None
     assert winner_node.store.entry(team_key(team_id), pub(winner_node).signing_public,
                                    descriptor_name(team_id, 1)) is not None
+
+
+@ON_NETWORK
+async def test_a_share_refused_while_following_a_forks_loser_is_taken_once_the_winner_is_seen(network) -> None:
+    """Carol sees the losing epoch 1 and the winner's share before the winner's descriptor."""
+    alice, bob, carol = network[1], network[2], network[3]
+    d0 = await team_of(alice, [bob, carol], 2, "late")
+    key0 = key_of([alice, bob], d0)
+    made = {}
+    for maker in (alice, bob):
+        plan = plan_change(pub(maker), d0, add=[Identity.generate().public])
+        key = new_team_key()
+        d1 = Descriptor(d0.team_id, d0.name, d0.salt, 1, plan.k, plan.members, commitment(key, d0.team_id, 1),
+                        d0.digest(), chain_previous(key, d0.team_id, 0, key0))
+        made[maker.node.id] = _prepare(maker, plan, d1, key)
+    winner, loser = sorted(made.values(), key=lambda c: c.descriptor.digest())
+    by_author = {pub(maker).signing_public: maker for maker in (alice, bob)}
+    to_carol = winner.inbox[winner.descriptor.members.index(pub(carol))]
+    await by_author[loser.record.author].put_entry(loser.record)
+    await by_author[winner.record.author].put_entry(to_carol)
+
+    inbox = Inbox(carol)
+    first = await inbox.poll()
+    assert first.imported == [] and any("not signed by the member who made that epoch" in r for r in first.refused)
+    assert held_descriptor(row_of(carol, d0.team_id)) == loser.descriptor
+    await inbox.poll()
+    await by_author[winner.record.author].put_entry(winner.record)
+    assert (await inbox.poll()).moved == [(d0.team_id, 1)]
+    assert held_descriptor(row_of(carol, d0.team_id)) == winner.descriptor
+    assert (await inbox.poll()).imported == [(d0.team_id, 1)]
+    assert carol.store.team_share(d0.team_id, 1) == to_carol.payload
 
 
 # ---------------------------------------------------------------------- by hand
