@@ -1,4 +1,4 @@
-"""``aether-node team …``: create a team, take in a share, list this node's teams, show one.
+"""``aether-node team …``: create a team, change its members, take in a share, list teams, show one.
 
 Each command is one control operation (node/team_api.py) on the home's daemon, or on
 a temporary node when no daemon runs. ``team create`` checks its whole request here
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -81,10 +81,16 @@ def create(obj: Context, name: str, threshold: int, members: tuple[str, ...], sh
         result = _run(obj, "team-create", args, network=True, timeout=timeout)
     else:  # the share files go by hand: the network is used if there is one, not needed
         result = _run_online_if_possible(obj, "team-create", args, timeout=timeout)
+    head = (f"created team {result['name']} {result['id']}: {result['k']} of {result['n']} members unlock it, "
+            f"epoch {result['epoch']}")
+    obj.emit(result, "\n".join([head, *_made_lines(result)]))
+
+
+def _made_lines(result: dict[str, Any]) -> list[str]:
+    """Where a new epoch's descriptor went, and how each member's share left this node."""
     placed = (f"descriptor stored on {result['replicas']} peer(s)" if result["replicas"] else
               "descriptor kept here, on no peer yet (the daemon publishes it when it runs)")
-    lines = [f"created team {result['name']} {result['id']}: {result['k']} of {result['n']} members unlock it, "
-             f"epoch {result['epoch']}", placed]
+    lines = [placed]
     for m in result["members"]:
         if m["self"]:
             what = "this node: keeps its own share"
@@ -93,7 +99,73 @@ def create(obj: Context, name: str, threshold: int, members: tuple[str, ...], sh
             if m["file"]:
                 what += f", file {m['file']}"
         lines.append(f"  {m['index']:>3}  {m['node_id']}  {what}")
-    obj.emit(result, "\n".join(lines))
+    return lines
+
+
+def _change(obj: Context, op: str, team_ref: str, ids: tuple[str, ...], threshold: int | None,
+            shares_out: str | None, timeout: float) -> None:
+    """Run a change of members on the daemon (or a temporary node) and show the new epoch."""
+    _check(lambda: parse_members(ids))
+    out = Path(shares_out).absolute() if shares_out else None
+    args = {"team": team_ref, "members": list(ids), "threshold": threshold, "shares_out": str(out) if out else None}
+    if out is None:
+        result = _run(obj, op, args, network=True, timeout=timeout)
+    else:  # the share files go by hand: the network is used if there is one, not needed
+        result = _run_online_if_possible(obj, op, args, timeout=timeout)
+    changed = ", ".join([*(f"added {m}" for m in result["added"]), *(f"removed {m}" for m in result["removed"])])
+    head = (f"team {result['name']} {result['id']}: epoch {result['epoch']} (was {result['previous_epoch']}), "
+            f"{result['k']} of {result['n']} members unlock it; {changed}")
+    obj.emit(result, "\n".join([head, *_made_lines(result)]))
+    if not result["won"]:
+        raise click.ClickException(
+            f"another member made epoch {result['epoch']} of team {result['name']} at the same time, and every "
+            f"node follows that one (its descriptor has the smaller digest): this change did not take. "
+            f"See `aether-node team status {result['id']}` and make it again if it is still wanted"
+        )
+
+
+def _change_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A `team` command that changes members: NAME|ID ID... [--threshold K] [--shares-out DIR] [--timeout S]."""
+    options = [
+        click.argument("team_ref", metavar="NAME|ID"),
+        click.argument("ids", metavar="ID...", nargs=-1, required=True),
+        click.option("--threshold", "-k", type=int, default=None,
+                     help="Also change how many members together unlock the team (K)."),
+        click.option("--shares-out", type=click.Path(file_okay=False), metavar="DIR",
+                     help="Also write each member's new share to DIR/<node id>.share (works with no network)."),
+        click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+                     help="Give up after this many seconds."),
+        click.pass_obj,
+    ]
+
+    def decorate(function: Callable[..., None]) -> click.Command:
+        for option in reversed(options):
+            function = option(function)
+        return team.command(name)(function)
+
+    return decorate
+
+
+@_change_command("add-member")
+def add_member(obj: Context, team_ref: str, ids: tuple[str, ...], threshold: int | None, shares_out: str | None,
+               timeout: float) -> None:
+    """Add members (identity strings) to a team: a new epoch with a new key, shared among all its members.
+
+    The team's current epoch must be unlocked here: its key is chained to the new one,
+    so the new members read older patterns too.
+    """
+    _change(obj, "team-add-member", team_ref, ids, threshold, shares_out, timeout)
+
+
+@_change_command("remove-member")
+def remove_member(obj: Context, team_ref: str, ids: tuple[str, ...], threshold: int | None, shares_out: str | None,
+                  timeout: float) -> None:
+    """Remove members (identity strings) from a team: a new epoch whose key they never get.
+
+    They keep what they could read before; what is published for the new epoch is closed
+    to them, and members no longer answer their unlock requests.
+    """
+    _change(obj, "team-remove-member", team_ref, ids, threshold, shares_out, timeout)
 
 
 @team.command("import-share")
@@ -144,6 +216,8 @@ def status(obj: Context, team_ref: str, timeout: float) -> None:
 
 def _status_text(s: dict[str, Any]) -> str:
     share = f"held here (member {s['index']})" if s["holds_share"] else "not held here"
+    if s["index"] is None:
+        share = f"none: this node is not a member of epoch {s['epoch']}"
     rows = [
         ("team", f"{s['name']} {s['id']}"),
         ("epoch", str(s["epoch"])),

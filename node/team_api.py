@@ -11,11 +11,21 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from aether.crypto.identity import PublicIdentity
 from aether.crypto.records import decode_record
 from aether.node.contact import reach_all
 from aether.node.control import ControlError
 from aether.node.home import format_address
-from aether.node.team_ceremony import Accepted, create_team, import_share, parse_members
+from aether.node.team_ceremony import (
+    Accepted,
+    Created,
+    change_members,
+    create_team,
+    import_share,
+    parse_members,
+    plan_change,
+    read_team,
+)
 from aether.node.teams import Descriptor, descriptor_of
 from aether.storage.store import Store, TeamRow
 
@@ -64,27 +74,38 @@ def _text(args: dict, name: str) -> str:
     return value
 
 
-async def _create(library: PatternLibrary, args: dict) -> dict[str, Any]:
+def _members_arg(args: dict) -> list[str]:
     members = args.get("members", [])
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         raise ControlError("bad-request", "'members' must be a list of identity strings")
-    threshold = args.get("threshold")
+    return members
+
+
+def _shares_out_arg(args: dict) -> Path | None:
     shares_out = args.get("shares_out")
     if shares_out is not None and not (isinstance(shares_out, str) and Path(shares_out).is_absolute()):
         raise ControlError("bad-request", "'shares_out' must be an absolute path")
-    created = await create_team(library.node, _text(args, "name"), threshold, parse_members(members),
-                                Path(shares_out) if shares_out else None)
-    d = created.descriptor
-    me = library.node.identity.public
+    return Path(shares_out) if shares_out else None
+
+
+def _made_dict(made: Created, me: PublicIdentity) -> dict[str, Any]:
+    """An epoch just made: its K of N, where its descriptor went, and how each member's share left."""
+    d = made.descriptor
     return {
-        "name": d.name, "id": d.team_id.hex(), "epoch": d.epoch, "k": d.k, "n": d.n, "replicas": created.replicas,
+        "name": d.name, "id": d.team_id.hex(), "epoch": d.epoch, "k": d.k, "n": d.n, "replicas": made.replicas,
         "members": [
             {"index": x.index, "node_id": x.member.node_id.hex(), "identity": x.member.to_string(),
              "self": x.member == me, "replicas": x.replicas, "file": str(x.file) if x.file else None,
              "error": x.error}
-            for x in created.deliveries
+            for x in made.deliveries
         ],
     }
+
+
+async def _create(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    created = await create_team(library.node, _text(args, "name"), args.get("threshold"),
+                                parse_members(_members_arg(args)), _shares_out_arg(args))
+    return _made_dict(created, library.node.identity.public)
 
 
 def _accepted_dict(accepted: Accepted) -> dict[str, Any]:
@@ -98,6 +119,44 @@ async def _import_share(library: PatternLibrary, args: dict) -> dict[str, Any]:
     if not isinstance(data, bytes):
         raise ControlError("bad-request", "'data' must be the share file's bytes")
     return _accepted_dict(import_share(library.node, data))
+
+
+async def _change(library: PatternLibrary, args: dict, *, adding: bool) -> dict[str, Any]:
+    """Add or remove members: a new epoch, built on the newest one the DHT knows of.
+
+    The request is checked against the epoch held before anything is read or written;
+    the team's descriptors are then read from the network so that the change follows
+    any epoch another member made meanwhile (checked again against it).
+    """
+    node = library.node
+    members = parse_members(_members_arg(args))
+    if not members:
+        raise ControlError("bad-request", "'members' must name at least one member")
+    threshold = args.get("threshold")
+    shares_out = _shares_out_arg(args)
+    changes = {"add": members} if adding else {"remove": members}
+    row = resolve_team(node.store, _text(args, "team"))
+    plan_change(node.identity.public, held_descriptor(row), k=threshold, shares_out=shares_out, **changes)
+    await read_team(node, row.team_id)
+    row = node.store.team(row.team_id) or row
+    changed = await change_members(node, row, k=threshold, shares_out=shares_out, **changes)
+    winner = changed.winner
+    return {
+        **_made_dict(changed.made, node.identity.public), "previous_epoch": changed.previous.epoch,
+        "added": [m.node_id.hex() for m in changes.get("add", [])],
+        "removed": [m.node_id.hex() for m in changes.get("remove", [])],
+        "won": changed.won,
+        "winner": {"epoch": winner.epoch, "k": winner.k, "n": winner.n, "digest": winner.digest().hex(),
+                   "members": [m.node_id.hex() for m in winner.members]},
+    }
+
+
+async def _add_member(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    return await _change(library, args, adding=True)
+
+
+async def _remove_member(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    return await _change(library, args, adding=False)
 
 
 async def _list(library: PatternLibrary, args: dict) -> dict[str, Any]:
@@ -135,5 +194,6 @@ async def _status(library: PatternLibrary, args: dict) -> dict[str, Any]:
 
 TEAM_OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
     "team-create": _create, "team-import-share": _import_share, "team-list": _list, "team-status": _status,
+    "team-add-member": _add_member, "team-remove-member": _remove_member,
 }
 """Team operations, served like the pattern operations (node/api.py)."""

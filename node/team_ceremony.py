@@ -7,6 +7,11 @@ sealed to itself) and the descriptor, and nothing else: the key itself is never
 stored, not even sealed at rest, so the creator holds no more power over the team
 than any other member (it unlocks the team like everyone, with K shares).
 
+``change_members`` is "Membership changes": the same ceremony for epoch e + 1, made by a
+member who has epoch e unlocked, with the old key chained under the new one; every
+member's node then follows the newest epoch (:func:`refresh_team`), and of two made at
+once, the one with the smaller digest.
+
 A member takes in its share from its inbox in the DHT (node/team_inbox.py) or from
 a share file carried by hand (``--shares-out``, ``team import-share``): both go
 through :func:`accept_share`, which checks everything before keeping anything.
@@ -33,6 +38,8 @@ from aether.crypto.identity import IdentityError, PublicIdentity
 from aether.crypto.records import RecordError, SignedRecord, create_record, decode_record
 from aether.crypto.teams import (
     TeamCryptoError,
+    chain_previous,
+    check_commitment,
     commitment,
     new_team_id,
     new_team_key,
@@ -43,6 +50,7 @@ from aether.crypto.teams import (
 )
 from aether.node.files import write_atomically
 from aether.node.server import AetherNode, next_seq
+from aether.node.team_keys import held_chain, unlocked_key
 from aether.node.teams import (
     DESCRIPTOR_KIND,
     INBOX_KIND,
@@ -54,13 +62,16 @@ from aether.node.teams import (
     check_team_name,
     check_threshold,
     descriptor_name,
+    descriptor_of,
     follow_chain,
     inbox_name,
+    parse_inbox_name,
     share_of,
     team_key,
     verify_signature,
 )
 from aether.node.values import Entry, ValueRejected
+from aether.storage.store import TeamRow
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +87,10 @@ MAX_PARALLEL_DELIVERIES = 8
 
 class TeamUnknown(TeamError):
     """No valid descriptor of the team and epoch a share is for could be found (yet)."""
+
+
+class TeamLocked(TeamError):
+    """The team's current epoch is not unlocked on this node, and the operation needs its key."""
 
 
 # ------------------------------------------------------------------ checking a request
@@ -114,22 +129,72 @@ def plan_team(creator: PublicIdentity, name: str, k: int, members: Sequence[Publ
     if not all(isinstance(m, PublicIdentity) for m in members):
         raise TeamError("members must be public identities")
     listed = tuple(members) if creator in members else (creator, *members)
+    _check_members(listed, k)
+    return Plan(name, k, listed, _share_paths(listed, creator, shares_out))
+
+
+def plan_change(maker: PublicIdentity, current: Descriptor, add: Sequence[PublicIdentity] = (),
+                remove: Sequence[PublicIdentity] = (), k: int | None = None,
+                shares_out: Path | None = None) -> Plan:
+    """Check a change of members of epoch ``current`` completely, or raise TeamError saying what is wrong.
+
+    The same rules as at creation hold for the new epoch, and more: only a member of
+    the current epoch may make the next (the descriptor rule), an added member is not
+    one already, a removed member is one, and nobody is both added and removed. The
+    maker cannot remove itself: it signs the new epoch and keeps its share of it, so
+    another member removes it. Members keep their order; added ones come last. K stays
+    unless ``k`` is given; a removal that leaves fewer than K members is refused
+    unless ``k`` lowers it.
+    """
+    if not all(isinstance(m, PublicIdentity) for m in (*add, *remove)):
+        raise TeamError("members must be public identities")
+    team = f"team {current.name} ({current.team_id.hex()})"
+    if current.index_of(maker.signing_public) is None:
+        raise TeamError(f"this node is not a member of {team} epoch {current.epoch}: only a member can change it")
+    if not add and not remove:
+        raise TeamError("no member to add or remove: nothing to change")
+    check_distinct((*add, *remove))
+    for member in add:
+        if current.index_of(member.signing_public) is not None:
+            raise TeamError(f"{member.node_id.hex()} is already a member of {team}")
+    for member in remove:
+        if member not in current.members:
+            raise TeamError(f"{member.node_id.hex()} is not a member of {team} epoch {current.epoch}")
+        if member == maker:
+            raise TeamError(f"this node cannot remove itself from {team}: another member removes it")
+    listed = tuple(m for m in current.members if m not in remove) + tuple(add)
+    if k is None:
+        k = current.k
+        if k > len(listed):
+            raise TeamError(f"{team} would have {len(listed)} member(s), fewer than its threshold {k}: "
+                            f"lower it with --threshold")
+    _check_members(listed, k)
+    return Plan(current.name, k, listed, _share_paths(listed, maker, shares_out))
+
+
+def _check_members(listed: tuple[PublicIdentity, ...], k: int) -> None:
+    """TeamError unless ``listed`` can be one epoch's members with threshold ``k``."""
     check_distinct(listed)
     check_threshold(k, len(listed))
     if len(listed) > MAX_TEAM_MEMBERS:
         raise TeamError(
             f"a team of {len(listed)} members does not fit one descriptor record: at most {MAX_TEAM_MEMBERS}"
         )
+
+
+def _share_paths(listed: tuple[PublicIdentity, ...], maker: PublicIdentity,
+                 shares_out: Path | None) -> dict[bytes, Path]:
+    """Where each member but the maker gets its share file, none of them there already."""
     files: dict[bytes, Path] = {}
     if shares_out is not None:
         folder = _check_folder(Path(shares_out))
         for member in listed:
-            if member != creator:
+            if member != maker:
                 path = folder / f"{member.node_id.hex()}{SHARE_SUFFIX}"
                 if path.exists() or path.is_symlink():
                     raise TeamError(f"{path} already exists: move it away or choose another folder for the shares")
                 files[member.node_id] = path
-    return Plan(name, k, listed, files)
+    return files
 
 
 def _check_folder(folder: Path) -> Path:
@@ -183,28 +248,65 @@ async def create_team(node: AetherNode, name: str, k: int, members: Sequence[Pub
     share and the descriptor in the store, and the entries in the DHT, where members
     who are offline find their share when they come online. The key is then dropped.
     """
-    identity = node.identity
-    creator = identity.public
+    creator = node.identity.public
     plan = plan_team(creator, name, k, members, shares_out)
     key = new_team_key()
     team_id, salt = new_team_id(creator.signing_public, plan.name)
     descriptor = Descriptor(team_id, plan.name, salt, 0, plan.k, plan.members, commitment(key, team_id, 0))
-    ttl = int(node.config.record_ttl)
-    record = create_record(identity, DESCRIPTOR_KIND, descriptor_name(team_id, 0), next_seq(), descriptor.encode(), ttl)
-    shares = split_key(key, plan.k, len(plan.members))
+    ceremony = _prepare(node, plan, descriptor, key)
     del key  # the creator keeps a share, like every member, and never the key
-    sealed = [seal(m, s, purpose="share", team_id=team_id, epoch=0) for m, s in zip(plan.members, shares, strict=True)]
-    own = plan.members.index(creator)
+    return await _place(node, plan, ceremony, [], "auto")
+
+
+@dataclass(frozen=True)
+class _Ceremony:
+    """One epoch made in memory: its signed descriptor, this node's sealed share, the inbox entries."""
+
+    descriptor: Descriptor
+    record: SignedRecord
+    own: int
+    """This node's position in the members."""
+    own_share: bytes
+    inbox: dict[int, SignedRecord]
+    """Each other member's inbox entry, by position."""
+
+
+def _prepare(node: AetherNode, plan: Plan, descriptor: Descriptor, key: bytes) -> _Ceremony:
+    """Sign the descriptor, split ``key`` and seal each share to its member: nothing is written.
+
+    The caller drops the key afterwards: from here on it lives only in the shares.
+    """
+    identity = node.identity
+    team_id, epoch = descriptor.team_id, descriptor.epoch
+    ttl = int(node.config.record_ttl)
+    record = create_record(identity, DESCRIPTOR_KIND, descriptor_name(team_id, epoch), next_seq(),
+                           descriptor.encode(), ttl)
+    shares = split_key(key, plan.k, len(plan.members))
+    sealed = [seal(m, s, purpose="share", team_id=team_id, epoch=epoch)
+              for m, s in zip(plan.members, shares, strict=True)]
+    own = plan.members.index(identity.public)
     inbox = {
-        i: create_record(identity, INBOX_KIND, inbox_name(m.node_id, team_id, 0), next_seq(), sealed[i], ttl)
+        i: create_record(identity, INBOX_KIND, inbox_name(m.node_id, team_id, epoch), next_seq(), sealed[i], ttl)
         for i, m in enumerate(plan.members) if i != own
     }
-    written = _write_share_files(plan, [record], inbox)
-    node.store.put_team_share(team_id, 0, sealed[own])
-    node.store.put_team(team_id, plan.name, 0, record.encode())
-    log.info("created team %s (%s), %d of %d", plan.name, team_id.hex(), plan.k, len(plan.members))
+    return _Ceremony(descriptor, record, own, sealed[own], inbox)
 
-    deliveries = [Delivery(creator, own + 1)]
+
+async def _place(node: AetherNode, plan: Plan, ceremony: _Ceremony, earlier: list[SignedRecord],
+                 policy: str) -> Created:
+    """Write what a ceremony made, in order: share files, own share, the team's row, then the DHT entries.
+
+    ``earlier`` are the descriptor records of the epochs before this one, which the
+    share files carry so that a member with no network can check the whole chain.
+    Inbox entries are placed at most MAX_PARALLEL_DELIVERIES at a time; a member whose
+    entry cannot be placed is reported, not fatal (its file, if any, still carries it).
+    """
+    d, record = ceremony.descriptor, ceremony.record
+    written = _write_share_files(plan, [*earlier, record], ceremony.inbox)
+    node.store.put_team_share(d.team_id, d.epoch, ceremony.own_share)
+    node.store.put_team(d.team_id, d.name, d.epoch, record.encode(), policy=policy)
+    log.info("team %s (%s) epoch %d: %d of %d", d.name, d.team_id.hex(), d.epoch, d.k, d.n)
+
     places = asyncio.Semaphore(MAX_PARALLEL_DELIVERIES)
 
     async def deliver(i: int, entry: SignedRecord) -> Delivery:
@@ -217,11 +319,72 @@ async def create_team(node: AetherNode, name: str, k: int, members: Sequence[Pub
         return Delivery(member, i + 1, report.stored, written.get(member.node_id))
 
     descriptor_report, *delivered = await asyncio.gather(
-        node.put_entry(record), *(deliver(i, entry) for i, entry in inbox.items())
+        node.put_entry(record), *(deliver(i, entry) for i, entry in ceremony.inbox.items())
     )
-    deliveries.extend(delivered)
-    deliveries.sort(key=lambda d: d.index)
-    return Created(descriptor, record, descriptor_report.stored, tuple(deliveries))
+    deliveries = sorted([Delivery(plan.members[ceremony.own], ceremony.own + 1), *delivered], key=lambda x: x.index)
+    return Created(d, record, descriptor_report.stored, tuple(deliveries))
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What ``change_members`` did, and whether its epoch is the one the team follows."""
+
+    made: Created
+    """The new epoch as this node made it, and how its entries were placed."""
+    previous: Descriptor
+    """The epoch it follows."""
+    winner: Descriptor
+    """The descriptor of that epoch which every reader takes: ``made.descriptor`` unless
+    another member made the same epoch at once and its descriptor has the smaller digest."""
+
+    @property
+    def won(self) -> bool:
+        return self.winner == self.made.descriptor
+
+
+async def change_members(node: AetherNode, row: TeamRow, add: Sequence[PublicIdentity] = (),
+                         remove: Sequence[PublicIdentity] = (), k: int | None = None,
+                         shares_out: Path | None = None) -> Changed:
+    """Start epoch e + 1 of the team in ``row`` (epoch e) with members added or removed, and K changed if ``k``.
+
+    A removed member must not read what comes after, so the new epoch has a new key,
+    split among its members alone, like at creation: the maker keeps its own share and
+    drops the key (it unlocks epoch e + 1 like everyone). The new descriptor chains
+    to epoch e: ``previous`` is its digest and ``sealed_previous`` its key under the
+    new one, so whoever unlocks e + 1 reads every older epoch. That is why epoch e
+    must be unlocked here (:class:`TeamLocked` otherwise).
+
+    Everything is checked before anything is written (:func:`plan_change`). Then the
+    writes go as at creation, and the team's descriptors are read back from the DHT:
+    if another member made epoch e + 1 at the same time and its descriptor has the
+    smaller digest, every reader follows that one, so this node does too (its row
+    moves to it and its own epoch's entries and share are dropped) and says so in
+    ``winner``.
+    """
+    current = descriptor_of(decode_record(row.descriptor))
+    team_id, epoch = current.team_id, current.epoch
+    plan = plan_change(node.identity.public, current, add, remove, k, shares_out)
+    chain = [link for link in held_chain(node, team_id) if link.descriptor.epoch <= epoch]
+    if not chain or chain[-1].descriptor.digest() != current.digest():
+        raise TeamError(f"this node does not hold the descriptors of team {current.name} ({team_id.hex()}) "
+                        f"from epoch 0 to {epoch}: wait for its inbox to be read, then try again")
+    old_key = unlocked_key(node, team_id, epoch)
+    if old_key is None or not check_commitment(old_key, team_id, epoch, current.commitment):
+        raise TeamLocked(f"team locked: run aether-node team unlock {row.name}")
+    key = new_team_key()
+    descriptor = Descriptor(team_id, current.name, current.salt, epoch + 1, plan.k, plan.members,
+                            commitment(key, team_id, epoch + 1), current.digest(),
+                            chain_previous(key, team_id, epoch, old_key))
+    del old_key
+    ceremony = _prepare(node, plan, descriptor, key)
+    del key  # like at creation: the maker keeps its share, never the key
+    made = await _place(node, plan, ceremony, [link.record for link in chain], row.policy)
+    followed, _ = await read_team(node, team_id)
+    winner = next((link.descriptor for link in followed if link.descriptor.epoch == epoch + 1), descriptor)
+    if winner != descriptor:
+        log.warning("team %s (%s): another member's epoch %d was made at the same time and is the one followed",
+                    current.name, team_id.hex(), epoch + 1)
+    return Changed(made, current, winner)
 
 
 async def redeliver(node: AetherNode) -> int:
@@ -327,10 +490,7 @@ def accept_share(node: AetherNode, inbox: SignedRecord, descriptors: Iterable[Si
     me = node.identity.public
     if member != me.node_id:
         raise TeamError(f"this share is for node {member.hex()}, not for this node ({me.node_id.hex()})")
-    held = node.store.team(team_id)
-    held_record = decode_record(held.descriptor) if held is not None else None
-    pool = [*descriptors, *([held_record] if held_record is not None else [])]
-    chain = follow_chain(pool, team_id) or (follow_chain(pool, team_id, start=held_record) if held_record else [])
+    chain = _chain(node, team_id, descriptors)
     link = next((c for c in chain if c.descriptor.epoch == epoch), None)
     if link is None:
         raise TeamUnknown(f"no valid descriptor of team {team_id.hex()} epoch {epoch} was found")
@@ -355,14 +515,95 @@ def accept_share(node: AetherNode, inbox: SignedRecord, descriptors: Iterable[Si
             f"not this node's {index}"
         )
     new = node.store.team_share(team_id, epoch) != sealed
+    _follow(node, chain, join=True)  # before keeping the share: a lost fork's own share goes first
     if new:
         node.store.put_team_share(team_id, epoch, sealed)
+    return Accepted(descriptor, index, chain[-1].descriptor, new)
+
+
+def _chain(node: AetherNode, team_id: bytes, records: Iterable[SignedRecord]) -> list[Link]:
+    """The team's verified epochs from ``records`` and the descriptor held in its row.
+
+    From epoch 0 when the records reach back that far; else (older descriptors no
+    longer found) from the one held, which was checked when it was taken in.
+    """
+    held = node.store.team(team_id)
+    held_record = decode_record(held.descriptor) if held is not None else None
+    pool = [*records, *([held_record] if held_record is not None else [])]
+    chain = follow_chain(pool, team_id)
+    if held is not None and held_record is not None and (not chain or chain[-1].descriptor.epoch < held.epoch):
+        chain = follow_chain(pool, team_id, start=held_record)
+    return chain
+
+
+def refresh_team(node: AetherNode, team_id: bytes, records: Iterable[SignedRecord]) -> tuple[list[Link], bool]:
+    """Follow the newest verified epoch of a team this node is in, from descriptor records found.
+
+    The store's row then holds the epoch every reader takes (the newest; of two made
+    at once, the one with the smaller digest), whether or not this node is a member of
+    it: a removed member learns it is out, and the members who answer unlock requests
+    judge them by it. Returns the chain followed (empty, nothing written, for a team
+    this node is not in) and whether the row moved.
+    """
+    if node.store.team(team_id) is None:
+        return [], False
+    chain = _chain(node, team_id, records)
+    return chain, bool(chain) and _follow(node, chain, join=False)
+
+
+async def read_team(node: AetherNode, team_id: bytes) -> tuple[list[Link], bool]:
+    """:func:`refresh_team` with the descriptors the DHT holds under the team's key now."""
+    found = await node.get_entries(team_key(team_id))
+    return refresh_team(node, team_id, [entry.record for entry in found.entries])
+
+
+def _follow(node: AetherNode, chain: list[Link], *, join: bool) -> bool:
+    """Make the store follow ``chain``: its newest epoch in the row, every epoch's descriptor pinned.
+
+    The row changes when the chain's newest epoch is newer than the one held, or is
+    the same epoch with another descriptor (a fork that this node had followed the
+    other way). A new row is made only when ``join`` (a share was taken in). True if
+    the row changed.
+    """
     newest = chain[-1]
-    if held is None or held.epoch < newest.descriptor.epoch:
-        node.store.put_team(team_id, descriptor.name, newest.descriptor.epoch, newest.record.encode(),
+    d = newest.descriptor
+    held = node.store.team(d.team_id)
+    if held is None and not join:
+        return False
+    _drop_lost_epochs(node, chain)
+    moves = held is None or held.epoch < d.epoch or (
+        held.epoch == d.epoch and descriptor_of(decode_record(held.descriptor)).digest() != d.digest())
+    if moves:
+        node.store.put_team(d.team_id, d.name, d.epoch, newest.record.encode(),
                             policy=held.policy if held is not None else "auto")
     _keep_descriptors(node, chain)
-    return Accepted(descriptor, index, newest.descriptor, new)
+    return moves
+
+
+def _drop_lost_epochs(node: AetherNode, chain: list[Link]) -> None:
+    """Forget the epochs this node made that lost a fork: their descriptor, inbox entries and own share.
+
+    Nobody follows them, so they are not republished, and the share kept for such an
+    epoch opens nothing anyone uses (the winner's inbox brings this node's real share
+    of that epoch, if it is a member).
+    """
+    me = node.identity.public.signing_public
+    for link in chain:
+        team_id, epoch = link.descriptor.team_id, link.descriptor.epoch
+        name = descriptor_name(team_id, epoch)
+        if link.record.author == me or node.store.entry(team_key(team_id), me, name) is None:
+            continue
+        log.warning("team %s (%s) epoch %d: this node's descriptor lost to another member's made at the "
+                    "same time; following that one", link.descriptor.name, team_id.hex(), epoch)
+        node.store.delete_entry(team_key(team_id), me, name)
+        for held in node.store.iter_entries(role="own", kind_prefix=b"inbox:"):
+            try:
+                lost = held.author == me and parse_inbox_name(held.name)[1:] == (team_id, epoch)
+            except TeamError:
+                continue
+            if lost:
+                node.store.delete_entry(held.key, held.author, held.name)
+        node.store.forget_team_share(team_id, epoch)
 
 
 def _keep_descriptors(node: AetherNode, chain: list[Link]) -> None:
@@ -376,7 +617,7 @@ def _keep_descriptors(node: AetherNode, chain: list[Link]) -> None:
 
 
 def import_share(node: AetherNode, data: bytes) -> Accepted:
-    """Take in a share file written by ``team create --shares-out``: no network needed.
+    """Take in a share file written by ``--shares-out`` (team create or a change of members): no network needed.
 
     The descriptors bundled in the file are what the share is checked against; they
     are signed, and epoch 0's signer must be the creator the team ID names, so a file

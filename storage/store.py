@@ -1349,6 +1349,13 @@ class Store:
                             (team_id, epoch)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def forget_team_share(self, team_id: bytes, epoch: int) -> bool:
+        """Drop this node's share of a team epoch (an epoch it made that lost a fork); True if one was held."""
+        _check_key(team_id, "team_id")
+        _check_epoch(epoch)
+        with self._tx() as c:
+            return c.execute("DELETE FROM team_shares WHERE team_id = ? AND epoch = ?", (team_id, epoch)).rowcount > 0
+
     def put_team_key(self, team_id: bytes, epoch: int, sealed: bytes, *, expires: float) -> None:
         """Keep an unlocked epoch key, sealed at rest, until ``expires``."""
         _check_key(team_id, "team_id")

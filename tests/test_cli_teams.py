@@ -9,8 +9,10 @@ no daemon and no peer at all. Every call has a timeout; no assert is about time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,28 +78,40 @@ async def _hostile_entries(bootstrap: str, victim_id: str, team_id: str, tmp: Pa
         stop_all([node])
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory):
-    """A and B run daemons; C is initialised but offline until a test starts it."""
-    root = tmp_path_factory.mktemp("cliteams")
-    homes = {name: root / name for name in "abc"}
+@contextlib.contextmanager
+def team_daemons(root: Path, names: str, online: str) -> Iterator[tuple[dict[str, Path], dict[str, Daemon]]]:
+    """Homes ``names`` under ``root`` reading their inbox every second; daemons for ``online``, joined to the first.
+
+    The daemons a test adds to the dict it gets are stopped too; all must stop cleanly.
+    """
+    homes = {name: root / name for name in names}
     init_homes(*homes.values())
     for home in homes.values():
         configure(home)
         inbox_every_second(home)
     daemons: dict[str, Daemon] = {}
     try:
-        daemons["a"] = Daemon(homes["a"])
-        daemons["a"].wait_ready()
-        daemons["b"] = Daemon(homes["b"], "--bootstrap", daemons["a"].address)
-        daemons["b"].wait_ready()
-        wait_joined([homes["a"], homes["b"]], at_least=1)
-        yield homes, daemons, root
+        first, *rest = online
+        daemons[first] = Daemon(homes[first])
+        daemons[first].wait_ready()
+        for name in rest:
+            daemons[name] = Daemon(homes[name], "--bootstrap", daemons[first].address)
+            daemons[name].wait_ready()
+        wait_joined([homes[name] for name in online], at_least=1)
+        yield homes, daemons
     finally:
         codes = {name: d.stop() for name, d in daemons.items()}
     problems = {name: (codes[name], d.stderr()) for name, d in daemons.items()
                 if codes[name] != 0 or "Traceback" in d.stderr()}
     assert not problems, f"daemons did not stop cleanly after SIGTERM: {problems}"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory):
+    """A and B run daemons; C is initialised but offline until a test starts it."""
+    root = tmp_path_factory.mktemp("cliteams")
+    with team_daemons(root, "abc", "ab") as (homes, daemons):
+        yield homes, daemons, root
 
 
 def test_a_team_reaches_members_online_and_those_who_come_online_later(net) -> None:
