@@ -544,7 +544,7 @@ async def _combine(good: Mapping[bytes, bytes], descriptor: Descriptor, time_lef
     team_id, epoch, k = descriptor.team_id, descriptor.epoch, descriptor.k
 
     def work() -> tuple[bytes | None, set[bytes]]:
-        key = combine_shares(list(good.values()))
+        key = combine_shares(list(good.values())[:k])  # K points fix the key; more only cost time
         if check_commitment(key, team_id, epoch, descriptor.commitment):
             return key, set()
         if len(good) == k:
