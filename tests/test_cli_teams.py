@@ -287,3 +287,17 @@ def test_approving_needs_the_daemon(tmp_path: Path) -> None:
     init_homes(home)
     assert_clean_error(run(home, "team", "approve", "vault", "--all"), "no daemon is running")
     assert_clean_error(run(home, "team", "approve", "vault"), "--all")
+
+
+def test_unlock_works_on_a_temporary_node(net, tmp_path: Path) -> None:
+    """No daemon on D's home: the command's own node joins, asks A's daemon, and is answered on its port."""
+    homes, daemons, _ = net
+    a, d = homes["a"], tmp_path / "d"
+    init_homes(d)
+    configure(d, bootstrap=[daemons["a"].address])
+    team_id = ok_json(d, "team", "create", "field", "-k", "2", "--member", identity_of(a))["id"]
+    until(holding(a, team_id), "A takes in its share from its inbox")
+    result = ok_json(d, "team", "unlock", team_id)
+    assert result["unlocked"] is True and result["got"] == 2
+    assert ok_json(d, "team", "status", team_id)["pending"] is None  # no daemon: nothing waits for approval here
+    assert ok_json(d, "team", "list")["teams"][0]["unlocked"] is True
