@@ -26,6 +26,8 @@ from aether.node.team_inbox import Inbox
 from aether.node.team_keys import lock, unlocked_key, unlocked_keys
 from aether.node.team_unlock import (
     ANSWER_KIND,
+    MAX_ANSWER_BYTES,
+    MAX_REQUEST_BYTES,
     REQUEST_KIND,
     REQUEST_NAME,
     Answerer,
@@ -189,6 +191,7 @@ async def test_a_replayed_request_is_refused(network) -> None:
     data = make_request(requester, d.team_id, 0).encode()
     first_ok, first = await requester.protocol.call_team_share(address_of(member), data)
     assert first_ok and set(first) == {"answer"}
+    assert len(data) <= MAX_REQUEST_BYTES and len(first["answer"]) <= MAX_ANSWER_BYTES  # each fits one datagram
     answer = decode_record(first["answer"])
     assert answer.kind == ANSWER_KIND and answer.author == member.identity.public.signing_public
     assert ShareAnswer.decode(answer.payload).nonce == ShareRequest.decode(decode_record(data).payload).nonce
