@@ -1,4 +1,4 @@
-"""``aether-node team …``: create a team, change its members, take in a share, list teams, show one.
+"""``aether-node team …``: create a team, change its members, take in a share, list teams, show one, unlock and lock it.
 
 Each command is one control operation (node/team_api.py) on the home's daemon, or on
 a temporary node when no daemon runs. ``team create`` checks its whole request here
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
+from aether.node.api import iso_date
 from aether.node.team_ceremony import MAX_SHARE_FILE_BYTES, parse_members, plan_team
 from aether.node.teams import TeamError
 
@@ -223,7 +224,9 @@ def _status_text(s: dict[str, Any]) -> str:
         ("epoch", str(s["epoch"])),
         ("threshold", f"{s['k']} of {s['n']} members unlock it"),
         ("share", share),
-        ("key", "unlocked here" if s["unlocked"] else "locked (not unlocked here)"),
+        ("key", _key_text(s)),
+        ("policy", "share requests answered at once (auto)" if s["policy"] == "auto"
+         else "share requests answered after `team approve`"),
     ]
     width = max(len(name) for name, _ in rows) + 2
     lines = [f"{name + ':':<{width}}{value}" for name, value in rows]
@@ -238,4 +241,118 @@ def _status_text(s: dict[str, Any]) -> str:
         else:
             state = f"unreachable ({m['reason']})"
         lines.append(f"  {m['index']:>3}  {m['node_id']}  {state}")
+    if s["pending"] is None:
+        lines.append("pending requests: (no daemon running: only the daemon keeps requests for approval)")
+    else:
+        lines.append("pending requests:" + ("" if s["pending"] else " none"))
+        for p in s["pending"]:
+            lines.append(f"  {p['node_id']}  {p['state']} since "
+                         f"{iso_date(p['received'])}")
     return "\n".join(lines)
+
+
+def _key_text(s: dict[str, Any]) -> str:
+    if not s["unlocked"]:
+        return "locked (not unlocked here)"
+    if s["expires"] is None:
+        return "unlocked here"
+    return f"unlocked here until {iso_date(s['expires'])}"
+
+
+# ------------------------------------------------------------------ unlocking
+def _who(m: dict[str, Any]) -> str:
+    return "you" if m["state"] == "self" else m["node_id"][:16]
+
+
+def _unlock_text(r: dict[str, Any]) -> str:
+    """One line of outcome, then one line per kind of trouble, naming the members."""
+    members = r["members"]
+    used = {m for m in r["used"]}
+    given = [_who(m) for m in members if m["state"] in ("self", "answered") and (not r["unlocked"] or m["node_id"] in used)]
+    if r["unlocked"]:
+        until = iso_date(r["expires"]) if r["expires"] else "?"
+        epochs = ", ".join(map(str, r["epochs"]))
+        lines = [f"unlocked team {r['name']} {r['id']} epoch {r['epoch']} with {len(given)} of {r['k']} shares "
+                 f"(from {', '.join(given)}); key kept until {until} (epochs {epochs})"]
+    else:
+        lines = [f"team {r['name']} not unlocked: got {r['got']} of {r['k']} shares needed (from {', '.join(given)})"]
+    for state, label in (("pending", "waiting for approval from"), ("no-answer", "no answer from")):
+        names = [m["node_id"][:16] for m in members if m["state"] == state]
+        if names:
+            lines.append(f"{label}: {', '.join(names)}")
+    for m in members:
+        if m["state"] == "refused":
+            epoch = f" (it holds epoch {m['epoch']})" if m["epoch"] is not None else ""
+            lines.append(f"refused by {_who(m)}: {m['reason']}{epoch}: {m['message'] or ''}".rstrip(": "))
+        elif m["state"] == "bad":
+            lines.append(f"bad share from {m['node_id'][:16]}: left out ({m['message']})")
+    if r["bad_unnamed"]:
+        lines.append("the shares combined give a wrong key: one of them is bad, and no other share could tell whose")
+    if any(m["state"] == "pending" for m in members) and not r["unlocked"]:
+        lines.append("once they approve (`aether-node team approve`), run unlock again with a longer --timeout")
+    return "\n".join(lines)
+
+
+@team.command()
+@click.argument("team_ref", metavar="NAME|ID")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="How long to collect members' shares.")
+@click.pass_obj
+def unlock(obj: Context, team_ref: str, timeout: float) -> None:
+    """Unlock a team: ask the other members' nodes for their shares and combine K of them.
+
+    The key is kept here, sealed at rest, for [teams] unlock_ttl (8 h by default),
+    or until `team lock`. Exits non-zero when fewer than K good shares came in.
+    """
+    result = _run(obj, "team-unlock", {"team": team_ref, "timeout": timeout}, network=True, timeout=timeout + 60.0)
+    obj.emit(result, _unlock_text(result))
+    if not result["unlocked"]:
+        raise SystemExit(1)
+
+
+@team.command()
+@click.argument("team_ref", metavar="NAME|ID")
+@click.pass_obj
+def lock(obj: Context, team_ref: str) -> None:
+    """Forget the team's unlocked keys on this node at once."""
+    result = _run(obj, "team-lock", {"team": team_ref}, network=False, timeout=60.0)
+    what = f"forgot {result['forgotten']} unlocked key(s)" if result["forgotten"] else "no key was unlocked"
+    obj.emit(result, f"team {result['name']} {result['id']} locked: {what}")
+
+
+def _decide(obj: Context, op: str, team_ref: str, requester: str | None, every: bool) -> None:
+    if (requester is None) == (not every):
+        raise click.UsageError("name one REQUESTER (identity or 8+ hex digits of its node ID), or give --all")
+    result = _run(obj, op, {"team": team_ref, "requester": requester}, network=False, timeout=60.0)
+    done = "approved" if op == "team-approve" else "denied"
+    names = ", ".join(p["node_id"] for p in result[done])
+    obj.emit(result, f"{done} {len(result[done])} share request(s) for team {result['name']}: {names}")
+
+
+def _decision(op: str, name: str, help: str) -> None:
+    """``team approve`` and ``team deny``: the same arguments, the opposite decision."""
+
+    @team.command(name, help=help)
+    @click.argument("team_ref", metavar="NAME|ID")
+    @click.argument("requester", required=False, metavar="[REQUESTER]")
+    @click.option("--all", "every", is_flag=True, help="Every request of the team waiting for approval.")
+    @click.pass_obj
+    def command(obj: Context, team_ref: str, requester: str | None, every: bool) -> None:
+        _decide(obj, op, team_ref, requester, every)
+
+
+_decision("team-approve", "approve", "Answer a share request waiting for approval (see `team status`): REQUESTER "
+          "is its identity or 8+ hex digits of its node ID. Needs the running daemon.")
+_decision("team-deny", "deny", "Refuse a share request waiting for approval (REQUESTER, or --all). Needs the "
+          "running daemon.")
+
+
+@team.command()
+@click.argument("team_ref", metavar="NAME|ID")
+@click.argument("policy", type=click.Choice(["auto", "approve"]))
+@click.pass_obj
+def policy(obj: Context, team_ref: str, policy: str) -> None:
+    """How this node answers the team's share requests: at once (auto) or after `team approve` (approve)."""
+    result = _run(obj, "team-policy", {"team": team_ref, "policy": policy}, network=False, timeout=60.0)
+    obj.emit(result, f"team {result['name']} {result['id']}: share requests are answered "
+                     + ("at once" if policy == "auto" else "after `team approve`") + f" (was {result['was']})")

@@ -155,6 +155,7 @@ async def run(home: Home, settings: DaemonSettings, out: IO[str] = sys.stdout) -
     try:
         info = DaemonInfo(pid=os.getpid(), started=time.monotonic())
         async with running_node(home, settings, settings.listen) as node:
+            node.team_answerer.on_daemon = True  # share requests may wait here for `team approve`
             control = ControlServer(home.path, functools.partial(api.handle, PatternLibrary(node, settings.teams), daemon=info))
             try:
                 await control.start()

@@ -42,12 +42,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RPC_ARITY = {"ping": {1}, "stun": {0}, "store": {3}, "find_node": {2}, "find_value": {2, 3}}
+RPC_ARITY = {"ping": {1}, "stun": {0}, "store": {3}, "find_node": {2}, "find_value": {2, 3}, "team_share": {2}}
 """Each RPC a peer may call, with the numbers of arguments it takes.
 
 FIND_VALUE's optional third argument asks a holder of a shared key for the
 page of entries starting at that offset; only aether nodes send it, and only
-to holders that said they have more.
+to holders that said they have more. TEAM_SHARE (node id, signed share request)
+asks a team member's node for its share (node/team_unlock.py); a stock node
+ignores it.
 """
 
 MAX_REMEMBERED_TIMEOUTS = 1024
@@ -242,6 +244,10 @@ class AetherProtocol(KademliaProtocol):
             return self._call(address, "find_value", nodeid, key)
         return self._call(address, "find_value", nodeid, key, offset)
 
+    async def call_team_share(self, address: tuple, request: bytes) -> tuple[bool, Any]:
+        """Send a signed share request to a member's node; ``(True, reply)`` or ``(False, None)`` on no answer."""
+        return await self._call(address, "team_share", self.source_node.id, request)
+
     async def call_find_page(self, node: Node, key: bytes, offset: int) -> FindReply:
         """A further page of a shared key's entries from a holder that has more."""
         result = await self.find_value((node.ip, node.port), self.source_node.id, key, offset)
@@ -400,3 +406,9 @@ class AetherProtocol(KademliaProtocol):
         if value is None:
             return self._neighbors(key, source)
         return {"value": value}
+
+    def rpc_team_share(self, sender: tuple, nodeid: Any, request: Any) -> Any:
+        """A member asks for this node's share of a team: judged by the node's answerer, never raising."""
+        if self._sender(sender, nodeid) is None:
+            return error_reply("malformed", "node id must be 20 bytes")
+        return self.owner.team_answerer.handle(request)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import random
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator
 
 from kademlia.network import Server
 from kademlia.node import Node
@@ -43,6 +44,9 @@ from aether.storage.store import (
     BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoredEntry, StoredValue, entry_charge,
     value_charge,
 )
+
+if TYPE_CHECKING:
+    from aether.node.team_unlock import Answerer
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +173,13 @@ class AetherNode(Server):
         self._offers: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         """(spare bytes, uptime s) from each peer's last STORE receipt, most recent last."""
         self._hand_off_task: asyncio.Future | None = None
+
+    @functools.cached_property
+    def team_answerer(self) -> Answerer:
+        """Answers team members' share requests (node/team_unlock.py); made at the first one."""
+        from aether.node.team_unlock import Answerer
+
+        return Answerer(self)
 
     # ------------------------------------------------------------- lifecycle
     def _create_protocol(self) -> AetherProtocol:

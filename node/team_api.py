@@ -26,8 +26,10 @@ from aether.node.team_ceremony import (
     plan_change,
     read_team,
 )
+from aether.node.team_keys import lock
+from aether.node.team_unlock import Answerer, MemberResult, Pending, unlock
 from aether.node.teams import Descriptor, descriptor_of
-from aether.storage.store import Store, TeamRow
+from aether.storage.store import TEAM_POLICIES, Store, TeamRow
 
 if TYPE_CHECKING:
     from aether.node.patterns import PatternLibrary
@@ -189,11 +191,104 @@ async def _status(library: PatternLibrary, args: dict) -> dict[str, Any]:
             entry["reason"] = "not connected to the network"
         members.append(entry)
     return {**_team_dict(node.store, row), "index": descriptor.index_of(me.signing_public),
-            "connected": connected, "members": members}
+            "connected": connected, "members": members, **unlock_status(library, row)}
+
+
+# ------------------------------------------------------------------ unlocking (node/team_unlock.py)
+UNLOCK_TIMEOUT = 10.0
+"""Default bound, in seconds, on collecting shares (``team unlock``)."""
+
+
+def _bound(args: dict, default: float) -> float:
+    bound = args.get("timeout", default)
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound <= 3600:
+        raise ControlError("bad-request", "'timeout' must be a number of seconds from 0 to 3600")
+    return float(bound)
+
+
+def _member_dict(m: MemberResult) -> dict[str, Any]:
+    return {"index": m.index, "node_id": m.member.node_id.hex(), "identity": m.member.to_string(), "state": m.state,
+            "reason": m.reason, "message": m.message, "epoch": m.epoch}
+
+
+async def _unlock(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    node = library.node
+    row = resolve_team(node.store, _text(args, "team"))
+    if not node.protocol.contacts():
+        raise ControlError("no-network", "this node has no peers: members' nodes cannot be found to ask for shares")
+    result = await unlock(node, row, _bound(args, UNLOCK_TIMEOUT), ttl=library.teams.unlock_ttl)
+    expires = node.store.team_key_expiry(row.team_id, row.epoch) if result.unlocked else None
+    return {
+        "name": result.name, "id": result.team_id.hex(), "epoch": result.epoch, "k": result.k,
+        "unlocked": result.unlocked, "epochs": result.epochs, "got": result.got, "expires": expires,
+        "used": [m.node_id.hex() for m in result.used], "bad_unnamed": result.bad_unnamed,
+        "members": [_member_dict(m) for m in result.members],
+    }
+
+
+async def _lock(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    row = resolve_team(library.node.store, _text(args, "team"))
+    return {"name": row.name, "id": row.team_id.hex(), "forgotten": lock(library.node, row.team_id)}
+
+
+def _pending_dict(p: Pending) -> dict[str, Any]:
+    return {"node_id": p.requester.node_id.hex(), "identity": p.requester.to_string(), "epoch": p.epoch,
+            "received": p.received, "state": p.state}
+
+
+def _answerer(library: PatternLibrary, what: str) -> Answerer:
+    answerer = library.node.team_answerer
+    if not answerer.on_daemon:
+        raise ControlError("no-daemon", f"no daemon is running: {what} only on the running daemon, which keeps "
+                           "share requests waiting for approval; start it with `aether-node daemon`")
+    return answerer
+
+
+async def _decide(library: PatternLibrary, args: dict, approve: bool) -> dict[str, Any]:
+    answerer = _answerer(library, "requests are approved or denied")
+    row = resolve_team(library.node.store, _text(args, "team"))
+    who = args.get("requester")
+    if who is not None and (not isinstance(who, str) or not who.strip()):
+        raise ControlError("bad-request", "'requester' must be an identity string or 8+ hex digits of a node ID")
+    chosen = answerer.decide(row.team_id, who, approve)
+    if not chosen:
+        waiting = [p.requester.node_id.hex() for p in answerer.pending(row.team_id) if p.state == "waiting"]
+        named = f"from {who!r} " if who else ""
+        raise ControlError("not-found", f"no share request {named}waits for approval in team {row.name}"
+                           + (f"; waiting: {', '.join(waiting)}" if waiting else ""))
+    return {"name": row.name, "id": row.team_id.hex(), "approved" if approve else "denied":
+            [_pending_dict(p) for p in chosen]}
+
+
+async def _approve(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    return await _decide(library, args, True)
+
+
+async def _deny(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    return await _decide(library, args, False)
+
+
+async def _policy(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    store = library.node.store
+    row = resolve_team(store, _text(args, "team"))
+    policy = args.get("policy")
+    if policy not in TEAM_POLICIES:
+        raise ControlError("bad-request", f"'policy' must be one of {', '.join(TEAM_POLICIES)}")
+    store.set_team_policy(row.team_id, policy)
+    return {"name": row.name, "id": row.team_id.hex(), "policy": policy, "was": row.policy}
+
+
+def unlock_status(library: PatternLibrary, row: TeamRow) -> dict[str, Any]:
+    """What ``team status`` adds about unlocking: the key's expiry, and requests waiting for approval."""
+    answerer = library.node.team_answerer
+    return {"expires": library.node.store.team_key_expiry(row.team_id, row.epoch),
+            "pending": [_pending_dict(p) for p in answerer.pending(row.team_id)] if answerer.on_daemon else None}
 
 
 TEAM_OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
     "team-create": _create, "team-import-share": _import_share, "team-list": _list, "team-status": _status,
     "team-add-member": _add_member, "team-remove-member": _remove_member,
+    "team-unlock": _unlock, "team-lock": _lock, "team-approve": _approve, "team-deny": _deny,
+    "team-policy": _policy,
 }
 """Team operations, served like the pattern operations (node/api.py)."""

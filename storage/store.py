@@ -1334,6 +1334,14 @@ class Store:
             ).fetchone()
         return None if row is None else TeamRow(bytes(row[0]), row[1], row[2], bytes(row[3]), row[4])
 
+    def set_team_policy(self, team_id: bytes, policy: str) -> bool:
+        """Set how this node answers a team's share requests (``auto`` or ``approve``); False for an unknown team."""
+        _check_key(team_id, "team_id")
+        if policy not in TEAM_POLICIES:
+            raise ValueError(f"policy must be one of {TEAM_POLICIES}, got {policy!r}")
+        with self._tx() as c:
+            return c.execute("UPDATE teams SET policy = ? WHERE team_id = ?", (policy, team_id)).rowcount == 1
+
     def put_team_share(self, team_id: bytes, epoch: int, sealed: bytes) -> None:
         """Keep this node's share of a team epoch, as delivered: sealed to this node."""
         _check_key(team_id, "team_id")
@@ -1375,6 +1383,15 @@ class Store:
             rows = c.execute("SELECT epoch, sealed FROM team_keys WHERE team_id = ? AND expires > ?",
                              (team_id, now)).fetchall()
         return {epoch: bytes(sealed) for epoch, sealed in rows}
+
+    def team_key_expiry(self, team_id: bytes, epoch: int, now: float | None = None) -> float | None:
+        """When an epoch's unlocked key will be forgotten (Unix time), or None when it is not unlocked."""
+        _check_key(team_id, "team_id")
+        now = time.time() if now is None else _check_time(now, "now")
+        with self._read() as c:
+            row = c.execute("SELECT expires FROM team_keys WHERE team_id = ? AND epoch = ? AND expires > ?",
+                            (team_id, epoch, now)).fetchone()
+        return None if row is None else float(row[0])
 
     def forget_team_keys(self, team_id: bytes | None = None, now: float | None = None) -> int:
         """Drop a team's unlocked keys (``team lock``), or, without a team, every expired one."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from aether.node.teams import INBOX_KIND, inbox_name
 from aether.simulations.network import start_node, stop_all
 
 from .conftest import QUIET
-from .test_cli_patterns import Daemon, assert_clean_error, configure, init_homes, ok, ok_json, run, wait_joined
+from .test_cli_patterns import EXE, Daemon, assert_clean_error, configure, init_homes, ok, ok_json, run, wait_joined
 
 WAIT = 60.0
 """Upper bound on waiting for a daemon to take in a share or publish its contact record."""
@@ -251,3 +253,65 @@ def test_the_inbox_interval_is_read_from_the_teams_section(tmp_path: Path) -> No
     home.config_path.write_text("[teams]\nunlock_after = 1\n")
     with pytest.raises(HomeError, match="unknown teams setting"):
         home.settings()
+
+
+def test_unlock_status_lock_and_approval_through_the_daemons(net, tmp_path: Path) -> None:
+    homes, daemons, _ = net
+    a, b = homes["a"], homes["b"]
+    team_id = ok_json(a, "team", "create", "vault", "-k", "2", "--member", identity_of(b))["id"]
+    until(holding(b, team_id), "B takes in its share of vault")
+    until(lambda: all(m["reachable"] for m in ok_json(a, "team", "status", "vault")["members"]),
+          "A reaches B through its contact record")
+    b_id = ok_json(b, "id")["node_id"]
+
+    text = ok(a, "team", "unlock", "vault").stdout
+    assert f"unlocked team vault {team_id} epoch 0 with 2 of 2 shares" in text and "you" in text and b_id[:16] in text
+    status = ok_json(a, "team", "status", "vault")
+    assert status["unlocked"] is True and status["expires"] is not None and status["pending"] == []
+    assert "unlocked here until" in ok(a, "team", "status", "vault").stdout
+    assert ok_json(a, "team", "lock", "vault")["forgotten"] == 1
+    assert ok_json(a, "team", "status", "vault")["unlocked"] is False
+
+    # B asks its owner first: A's unlock waits, B's status lists it, B approves, A's unlock completes.
+    assert ok_json(b, "team", "policy", "vault", "approve")["policy"] == "approve"
+    waiting = subprocess.Popen([str(EXE), "--home", str(a), "--json", "team", "unlock", "vault", "--timeout", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = until(lambda: ok_json(b, "team", "status", "vault")["pending"], "B lists A's waiting request")
+        assert [p["node_id"] for p in pending] == [ok_json(a, "id")["node_id"]]
+        assert "approved 1 share request(s)" in ok(b, "team", "approve", "vault", "--all").stdout
+        out, err = waiting.communicate(timeout=WAIT + 60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0 and "Traceback" not in err, err
+    assert json.loads(out)["unlocked"] is True
+
+    # A partial unlock exits non-zero and says who it waited for.
+    ok(a, "team", "lock", "vault")
+    partial = run(a, "team", "unlock", "vault", "--timeout", "5")
+    assert partial.returncode != 0 and "Traceback" not in partial.stderr
+    assert "got 1 of 2 shares needed (from you)" in partial.stdout
+    assert f"waiting for approval from: {b_id[:16]}" in partial.stdout
+    ok(b, "team", "deny", "vault", "--all")
+    ok(b, "team", "policy", "vault", "auto")
+
+
+def test_approving_needs_the_daemon(tmp_path: Path) -> None:
+    home = tmp_path / "alone"
+    init_homes(home)
+    assert_clean_error(run(home, "team", "approve", "vault", "--all"), "no daemon is running")
+    assert_clean_error(run(home, "team", "approve", "vault"), "--all")
+
+
+def test_unlock_works_on_a_temporary_node(net, tmp_path: Path) -> None:
+    """No daemon on D's home: the command's own node joins, asks A's daemon, and is answered on its port."""
+    homes, daemons, _ = net
+    a, d = homes["a"], tmp_path / "d"
+    init_homes(d)
+    configure(d, bootstrap=[daemons["a"].address])
+    team_id = ok_json(d, "team", "create", "field", "-k", "2", "--member", identity_of(a))["id"]
+    until(holding(a, team_id), "A takes in its share from its inbox")
+    result = ok_json(d, "team", "unlock", team_id)
+    assert result["unlocked"] is True and result["got"] == 2
+    assert ok_json(d, "team", "status", team_id)["pending"] is None  # no daemon: nothing waits for approval here
+    assert ok_json(d, "team", "list")["teams"][0]["unlocked"] is True

@@ -42,6 +42,9 @@ HOSTILE = {
     "nested bombs": b"\x00" + os.urandom(20) + b"\x92" + b"\x91" * 3000 + b"\xc0",
     "huge claimed length": b"\x00" + os.urandom(20) + b"\xdb\xff\xff\xff\xff",
     "oversized": request("store", ID, ID, b"x" * 9000),
+    "share request junk": request("team_share", ID, os.urandom(200)),
+    "share request a map": request("team_share", ID, {"team": ID}),
+    "share request arity": request("team_share", ID),
     "reply nobody asked for": b"\x01" + os.urandom(20) + msgpack.packb(True),
     "random": bytes(random.Random(5).randbytes(300)),
 }

@@ -28,6 +28,16 @@ def test_a_team_keeps_its_newest_epoch(store: Store) -> None:
     assert store.team(T1).descriptor == b"d2 again"
 
 
+def test_a_teams_policy_is_set_only_to_a_known_policy(store: Store) -> None:
+    assert not store.set_team_policy(T1, "approve")  # no such team
+    store.put_team(T1, "core", 0, b"d0")
+    assert store.set_team_policy(T1, "approve") and store.team(T1).policy == "approve"
+    with pytest.raises(ValueError, match="policy must be one of"):
+        store.set_team_policy(T1, "never")
+    assert store.team(T1).policy == "approve"
+    assert store.set_team_policy(T1, "auto") and store.team(T1).policy == "auto"
+
+
 def test_teams_by_name_may_be_several(store: Store) -> None:
     store.put_team(T2, "core", 0, b"b")
     store.put_team(T1, "core", 0, b"a")
@@ -50,6 +60,8 @@ def test_unlocked_keys_expire_and_are_forgotten_on_lock(store: Store) -> None:
     store.put_team_key(T2, 0, b"x", expires=300.0)
     assert store.team_keys(T1, now=50.0) == {0: b"k0", 1: b"k1"}
     assert store.team_keys(T1, now=200.0) == {1: b"k1"}
+    assert store.team_key_expiry(T1, 0, now=50.0) == 100.0 and store.team_key_expiry(T1, 0, now=200.0) is None
+    assert store.team_key_expiry(T1, 1, now=200.0) == 300.0 and store.team_key_expiry(T1, 2, now=0.0) is None
     store.drop_expired(now=200.0)
     assert store._conn.execute("SELECT COUNT(*) FROM team_keys").fetchone()[0] == 2
     assert store.forget_team_keys(T1) == 1
