@@ -55,14 +55,14 @@ class TeamLocked(LookupError):
     """What was asked for could only be in a team whose key is not unlocked on this node."""
 
     def __init__(self, teams: list[TeamRow], what: str = ""):
-        names = ", ".join(_team_ref(row) for row in teams)
-        super().__init__(f"{what}team locked: run aether-node team unlock {names}"
-                         if len(teams) == 1 else f"{what}teams locked: run aether-node team unlock for each of {names}")
+        super().__init__(what + "; ".join(f"team locked: run aether-node team unlock {ref}" for ref in _refs(teams)))
         self.teams = teams
 
 
-def _team_ref(row: TeamRow) -> str:
-    return row.name
+def _refs(teams: list[TeamRow]) -> list[str]:
+    """How a command names each team: its name, or its ID where two of them share the name."""
+    names = [row.name for row in teams]
+    return [row.name if names.count(row.name) == 1 else row.team_id.hex() for row in teams]
 
 
 @dataclass(frozen=True)
