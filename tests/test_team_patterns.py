@@ -330,3 +330,31 @@ async def test_a_team_publish_past_the_quota_is_refused_and_stores_nothing(netwo
         node.set_quota(CONFIG.quota_bytes)
     published = await PatternLibrary(node).publish(data, team=row)
     assert published.replicas == K and split(data)[0].size == len(data)
+
+
+async def test_a_member_pins_a_team_pattern_with_a_mirror_manifest_of_the_team_and_unpins_it(network):
+    row = await make_team(network, "pins", unlocked=SIZE)  # every node a member: a pinner that holds nothing yet
+    data = secret_pattern("Pattern-PIN-040", "Kept By A Member", size=9 * 1024)
+    published = await PatternLibrary(network[0]).publish(data, team=row)
+    space = team_space(row, network[0])
+    key = space.pattern_key(published.pattern.hash)
+    pinner = next(n for n in network[1:] if not n.store.has_entries(key))
+    library = PatternLibrary(pinner)
+
+    pinned = await library.pin("Pattern-PIN-040")
+    assert pinned.data == data and pinned.space.team == E.TeamMark("pins", row.team_id.hex(), 0)
+    mine = pinner.store.entry(key, library.me, space.manifest_name(published.pattern.hash))
+    assert mine is not None and mine.pinned
+    mirror = space.manifest_of(decode_record(mine.value))
+    assert mirror.mirror and mirror.summary.hash == published.pattern.hash
+    assert all(pinner.store.get(k, touch=False).pinned for k in mirror.manifest.blocks)
+    assert [(h.summary.id, h.team, h.pinned) for h in library.held() if h.key == key.hex()] == [
+        ("Pattern-PIN-040", pinned.space.team, True)]
+    mirrored = [n for n in network if n is not pinner
+                and n.store.entry(key, library.me, space.manifest_name(published.pattern.hash)) is not None]
+    assert len(mirrored) == K, "the mirror manifest is placed like the publisher's"
+    assert leaks(sqlite_bytes(pinner), secrets_of(data)) == []
+
+    assert await library.unpin(published.pattern.hash) == published.pattern.hash
+    assert pinner.store.entry(key, library.me, space.manifest_name(published.pattern.hash)) is None
+    assert not any(pinner.store.get(k, touch=False).pinned for k in mirror.manifest.blocks)
