@@ -11,6 +11,11 @@ pattern can be found by are signed index entries under shared term keys (see
 Every block is checked against its key and the whole file against its hash
 before anything is returned: a holder that alters a byte is caught, left out,
 and the block is read from another holder.
+
+Team patterns take the same path through a team epoch's space
+(:class:`aether.node.entries.TeamSpace`): keyed locators for topics, encrypted
+summaries, and the encrypted blob split into blocks (docs/teams.md "Team
+patterns"). Reads try the public space, then every unlocked team epoch.
 """
 
 from __future__ import annotations
@@ -54,15 +59,10 @@ class AmbiguousPattern(LookupError):
 class TeamLocked(LookupError):
     """What was asked for could only be in a team whose key is not unlocked on this node."""
 
-    def __init__(self, teams: list[TeamRow], what: str = ""):
-        super().__init__(what + "; ".join(f"team locked: run aether-node team unlock {ref}" for ref in _refs(teams)))
-        self.teams = teams
-
-
-def _refs(teams: list[TeamRow]) -> list[str]:
-    """How a command names each team: its name, or its ID where two of them share the name."""
-    names = [row.name for row in teams]
-    return [row.name if names.count(row.name) == 1 else row.team_id.hex() for row in teams]
+    def __init__(self, refs: list[str], what: str = ""):
+        super().__init__(what + "; ".join(f"team locked: run aether-node team unlock {ref}" for ref in refs))
+        self.refs = refs
+        """How ``team unlock`` takes each locked team: its name, or its ID where the name is shared."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Published:
     seconds: float = 0.0
     """Seconds until everything (pattern, head, search entries) was placed."""
     team: E.TeamMark | None = None
+    """The team (and epoch) it was published to, None for a public pattern."""
 
 
 @dataclass
@@ -218,7 +219,7 @@ class PatternLibrary:
         """The team's current epoch, whose key must be unlocked here to publish."""
         key = unlocked_key(self.node, team.team_id, team.epoch)
         if key is None:
-            raise TeamLocked([team])
+            raise TeamLocked(self._refs([team]))
         return E.TeamSpace(team.name, team.team_id, team.epoch, key)
 
     def spaces(self) -> list[E.Space]:
@@ -233,10 +234,15 @@ class PatternLibrary:
         """This node's teams whose current epoch is not unlocked: what they hold cannot be found."""
         return [row for row in self.store.teams() if row.epoch not in unlocked_keys(self.node, row.team_id)]
 
+    def _refs(self, rows: list[TeamRow]) -> list[str]:
+        """How a command names each team: its name, or its ID where another team of this node shares the name."""
+        names = [row.name for row in self.store.teams()]
+        return [row.name if names.count(row.name) == 1 else row.team_id.hex() for row in rows]
+
     def _not_found(self, message: str) -> LookupError:
         """PatternNotFound, or TeamLocked naming the locked teams that might have held it."""
         locked = self.locked_teams()
-        return TeamLocked(locked, message + "; ") if locked else PatternNotFound(message)
+        return TeamLocked(self._refs(locked), message + "; ") if locked else PatternNotFound(message)
 
     async def _publish_head(
         self, space: E.Space, pattern: Pattern, summary: E.Summary, head: StoredEntry | None, ttl: int
@@ -512,9 +518,10 @@ class PatternLibrary:
         found = await asyncio.gather(*(self._search_in(space, queries) for space in self.spaces()))
         results = [hit for hits in found for hit in hits]
         results.sort(key=lambda a: (-a.summary.time, a.summary.id, a.author, a.space.team is not None))
-        locked = self.locked_teams()
-        if not results and locked:
-            raise TeamLocked(locked, "no pattern found; ")
+        if not results:
+            locked = self.locked_teams()
+            if locked:
+                raise TeamLocked(self._refs(locked), "no pattern found; ")
         return results
 
     async def _search_in(self, space: E.Space, queries: list[Query]) -> list[Authored]:
@@ -562,8 +569,7 @@ class PatternLibrary:
         """
         by_key: dict[bytes, Held] = {}
         rank = {"cache": 0, "replica": 1, "own": 2}
-        teams = self.spaces()[1:]
-        for prefix, spaces in ((E.PUBLIC.pattern_topic(""), [E.PUBLIC]), (E.TEAM_TOPICS[0], teams)):
+        for prefix, spaces in ((b"pattern:", [E.PUBLIC]), (E.TEAM_TOPICS[0], self.spaces()[1:])):
             for stored in self.store.iter_entries(kind_prefix=prefix):
                 try:
                     record = _entry(stored).record
@@ -571,8 +577,8 @@ class PatternLibrary:
                 except (ValueRejected, E.EntryError):
                     continue
                 summary, team = _readable(record, spaces)
-                if summary is None and prefix == E.PUBLIC.pattern_topic(""):
-                    continue
+                if summary is None and prefix == b"pattern:":
+                    continue  # a public manifest whose summary does not check out
                 complete = all(self.store.contains(k) for k in blocks)
                 role, pinned = stored.role, stored.pinned
                 previous = by_key.get(stored.key)

@@ -287,9 +287,11 @@ async def test_tampered_ciphertext_blocks_are_caught_and_read_from_an_honest_hol
     row = await make_team(network, "honesty", unlocked=SIZE)  # every node a member: readers anywhere
     data = secret_pattern("Pattern-LIE-020", "Forged Ciphertext Is Caught", size=24 * 1024)
     published = await PatternLibrary(network[0]).publish(data, team=row)
+    assert published.replicas == K
     space = team_space(row, network[0])
     key = space.pattern_key(published.pattern.hash)
     honest = [n for n in holders_of(network, key) if n is not network[0]]
+    assert len(honest) >= K - 1, [n.store.entries(key) for n in network]
     fetcher, other = [n for n in network[1:] if n not in honest][:2]
     manifest = E.manifest_blocks(decode_record(honest[0].store.entries(key)[0].value))
     real = {k: honest[0].store.read(k) for k in manifest.blocks}
