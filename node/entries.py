@@ -233,10 +233,13 @@ def manifest_blocks(record: SignedRecord) -> Manifest:
     """
     if record.kind != MANIFEST_KIND:
         raise EntryError(f"a {record.kind!r} record is not a manifest")
+    topic = topic_of(record.name) or b""
+    if not TEAM_PATTERN_TOPIC.fullmatch(topic):
+        return manifest_of(record).manifest
     manifest, fields = _manifest_fields(record.payload)
-    if isinstance(fields[1], bytes):
-        return manifest  # a team's: only members can check its summary
-    return manifest_of(record).manifest
+    if not isinstance(fields[1], bytes):
+        raise EntryError("a team manifest carries its summary encrypted")
+    return manifest  # only members can check its summary
 
 
 def encode_summary(summary: Summary) -> bytes:
@@ -349,6 +352,7 @@ index_name = PUBLIC.index_name
 
 TEAM_TOPICS = (b"team-pattern:", b"team-id:", b"team-term:")
 """Topic prefixes of team entries; what follows is a keyed locator in hex (docs/teams.md)."""
+TEAM_PATTERN_TOPIC = re.compile(rb"team-pattern:[0-9a-f]{40}")
 
 
 class TeamSpace(Space):

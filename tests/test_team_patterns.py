@@ -120,6 +120,28 @@ async def settle(nodes: list[AetherNode]) -> None:
     assert await wait_for(lambda: not any(n.busy for n in nodes), timeout=30)
 
 
+# ---------------------------------------------------------------------- what holders read
+async def test_holders_take_a_sealed_summary_only_under_a_team_pattern_topic(network):
+    """A manifest whose summary is sealed links its blocks only when named for a team pattern; a
+    public manifest name still needs a summary that describes the file."""
+    author = network[0]
+    manifest, _ = split(b"some ciphertext")
+    space = E.TeamSpace("t", bytes(20), 0, bytes(32))
+    summary = E.Summary.of(parse_pattern(secret_pattern("Pattern-NAME-050", "Named Right")), 1)
+    payload = space.manifest_payload(E.ManifestEntry(manifest, summary, False))
+    team_name = space.manifest_name(summary.hash)
+    assert E.TEAM_PATTERN_TOPIC.fullmatch(team_name[:-1])
+    named = create_record(author.identity, E.MANIFEST_KIND, team_name, 1, payload, 600)
+    assert E.manifest_blocks(named) == manifest
+    assert space.manifest_of(named).summary == summary
+    for name in (E.manifest_name(manifest.pattern_hash.hex()), b"team-pattern:" + b"0" * 39 + b"#"):
+        with pytest.raises(E.EntryError):
+            E.manifest_blocks(create_record(author.identity, E.MANIFEST_KIND, name, 1, payload, 600))
+    public = E.PUBLIC.manifest_payload(E.ManifestEntry(manifest, summary, False))  # a summary of other bytes
+    with pytest.raises(E.EntryError):
+        E.manifest_blocks(create_record(author.identity, E.MANIFEST_KIND, team_name, 1, public, 600))
+
+
 # ---------------------------------------------------------------------- secrecy and round trips
 async def test_non_members_store_and_serve_ciphertext_only_and_members_read_it_byte_identical(network):
     members, outsiders = network[:4], network[4:]
