@@ -615,15 +615,16 @@ def _decrypt(key: bytes, data: bytes, associated: bytes, what: str, why: str, st
 def encrypt_pattern(key: bytes, team_id: bytes, epoch: int, plaintext: bytes) -> bytes:
     """The published blob of a team pattern: "ATP1" || team ID || epoch || nonce || ciphertext + tag.
 
-    AES-256-GCM under the epoch key with AD "aether-team-pattern\\0" || team ID || epoch,
-    so the clear header cannot be changed without the blob failing to decrypt. The
-    plaintext's hash is not included: a reader checks the decrypted bytes against the
-    hash it looked for.
+    AES-256-GCM under the epoch key with AD "aether-team-pattern\\0" || team ID || epoch ||
+    SHA-256(plaintext), so the clear header cannot be changed without the blob failing to
+    decrypt, and a blob opens only for a reader who names the hash it looks for. The hash
+    itself is never in the blob: a reader knows it (or reads it from an encrypted summary).
     """
     key = _check_key(key)
     header = PATTERN_MAGIC + _check_team_id(team_id) + _epoch_bytes(epoch)
     plaintext = _check_data(plaintext, "plaintext")
-    return _encrypt(key, plaintext, _PATTERN_DOMAIN + header[len(PATTERN_MAGIC) :], prefix=header)
+    associated = _PATTERN_DOMAIN + header[len(PATTERN_MAGIC) :] + hashlib.sha256(plaintext).digest()
+    return _encrypt(key, plaintext, associated, prefix=header)
 
 
 def blob_header(blob: bytes) -> tuple[bytes, int]:
@@ -647,22 +648,31 @@ def blob_header(blob: bytes) -> tuple[bytes, int]:
     return team_id, epoch
 
 
-def decrypt_pattern(key: bytes, blob: bytes) -> tuple[bytes, int, bytes]:
-    """(team ID, epoch, plaintext) of a blob made by encrypt_pattern().
+def decrypt_pattern(key: bytes, blob: bytes, pattern_hash: bytes | str) -> tuple[bytes, int, bytes]:
+    """(team ID, epoch, plaintext) of a blob made by encrypt_pattern() for the plaintext of ``pattern_hash``.
+
+    ``pattern_hash`` is the SHA-256 of the plaintext looked for (32 bytes or 64 hex
+    digits); it is part of the associated data, and the plaintext is checked against it
+    once more after decryption, so what is returned is exactly the pattern asked for even
+    if a key holder sealed other bytes under that hash.
 
     Raises FormatError for something that is not a blob, DecryptionError when `key` is not
-    the key of the team and epoch in its header or any byte was changed.
+    the key of the team and epoch in its header, the blob was made for another hash, or
+    any byte was changed.
     """
     key = _check_key(key)
+    digest = _pattern_hash(pattern_hash)
     team_id, epoch = blob_header(blob)
     plaintext = _decrypt(
         key,
         blob,
-        _PATTERN_DOMAIN + blob[len(PATTERN_MAGIC) : _PATTERN_HEADER],
+        _PATTERN_DOMAIN + blob[len(PATTERN_MAGIC) : _PATTERN_HEADER] + digest,
         "team pattern blob",
-        f"the key is not the key of team {team_id.hex()} epoch {epoch}",
+        f"the key is not the key of team {team_id.hex()} epoch {epoch}, the blob is not pattern {digest.hex()}",
         start=_PATTERN_HEADER,
     )
+    if hashlib.sha256(plaintext).digest() != digest:
+        raise DecryptionError(f"team pattern blob decrypts to bytes that are not pattern {digest.hex()}")
     return team_id, epoch, plaintext
 
 

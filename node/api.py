@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aether.crypto.identity import node_id_for
 from aether.node.control import ControlError
-from aether.node.entries import Summary
+from aether.node.entries import Summary, TeamMark
 from aether.node.home import format_address
 from aether.node.pattern import PatternError
-from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, PatternNotFound
+from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, PatternNotFound, TeamLocked
 from aether.node.server import QuotaExceeded
-from aether.node.team_api import TEAM_OPS
+from aether.node.team_api import TEAM_OPS, resolve_team
 from aether.node.teams import TeamError
 
 if TYPE_CHECKING:
@@ -43,8 +43,13 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
     }
 
 
+def team_dict(team: TeamMark | None) -> dict[str, Any] | None:
+    """The team a pattern belongs to (name, ID, epoch), or None for a public pattern."""
+    return None if team is None else {"name": team.name, "id": team.id, "epoch": team.epoch}
+
+
 def authored_dict(item: Authored) -> dict[str, Any]:
-    return {**summary_dict(item.summary), "author": item.author_id}
+    return {**summary_dict(item.summary), "author": item.author_id, "team": team_dict(item.space.team)}
 
 
 def _text(args: dict, name: str, *, required: bool = True) -> str | None:
@@ -61,10 +66,12 @@ async def _publish(library: PatternLibrary, args: dict) -> dict[str, Any]:
     if not isinstance(data, bytes):
         raise ControlError("bad-request", "'data' must be the file's bytes")
     source = _text(args, "source", required=False) or "<pattern>"
-    result = await library.publish(data, source)
+    team_ref = _text(args, "team", required=False)
+    team = resolve_team(library.store, team_ref) if team_ref is not None else None
+    result = await library.publish(data, source, team)
     return {
         "hash": result.pattern.hash, "id": result.pattern.id, "path": source, "unchanged": result.unchanged,
-        "replicas": result.replicas, "terms": result.index_terms,
+        "replicas": result.replicas, "terms": result.index_terms, "team": team_dict(result.team),
     }
 
 
@@ -73,7 +80,7 @@ async def _fetch(library: PatternLibrary, args: dict) -> dict[str, Any]:
     return {
         **summary_dict(fetched.summary), "data": fetched.data, "authors": fetched.authors,
         "mirrors": fetched.mirrors, "signature": "valid" if fetched.signature_ok else "invalid",
-        "local": fetched.local, "tampered_holders": fetched.tampered,
+        "local": fetched.local, "tampered_holders": fetched.tampered, "team": team_dict(fetched.space.team),
     }
 
 
@@ -89,6 +96,7 @@ async def _history(library: PatternLibrary, args: dict) -> dict[str, Any]:
     return {
         "authors": [
             {"author": head.author_id, "id": head.summary.id, "title": head.summary.title,
+             "team": team_dict(head.space.team),
              "versions": [{"hash": h, "time": t, "date": iso_date(t)} for h, t in versions]}
             for head, versions in found
         ]
@@ -98,10 +106,16 @@ async def _history(library: PatternLibrary, args: dict) -> dict[str, Any]:
 async def _ls(library: PatternLibrary, args: dict) -> dict[str, Any]:
     return {
         "patterns": [
-            {**summary_dict(h.summary), "role": h.role, "pinned": h.pinned, "complete": h.complete}
+            {**(summary_dict(h.summary) if h.summary is not None else dict.fromkeys(_SUMMARY_KEYS)),
+             "role": h.role, "pinned": h.pinned, "complete": h.complete, "team": team_dict(h.team), "key": h.key,
+             "readable": h.summary is not None}
             for h in library.held()
         ]
     }
+
+
+_SUMMARY_KEYS = ("id", "title", "hash", "time", "date", "size", "type", "category", "status")
+"""What ``ls`` shows of a pattern: None for a team pattern held for others, which this node cannot read."""
 
 
 async def _pin(library: PatternLibrary, args: dict) -> dict[str, Any]:
@@ -247,6 +261,8 @@ async def handle(library: PatternLibrary, op: str, args: dict, daemon: DaemonInf
         raise ControlError("invalid", str(exc)) from None
     except AmbiguousPattern as exc:
         raise ControlError("ambiguous", str(exc)) from None
+    except TeamLocked as exc:
+        raise ControlError("team-locked", str(exc)) from None
     except PatternNotFound as exc:
         raise ControlError("not-found", str(exc)) from None
     except QuotaExceeded as exc:

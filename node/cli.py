@@ -184,9 +184,12 @@ def _pattern_files(paths: tuple[str, ...]) -> list[Path]:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="FILE|DIR...")
+@click.option("--team", "team", metavar="NAME", help=(
+    "Publish privately to this team (name or ID): encrypted with its key, readable by its members only. "
+    "The team must be unlocked on this node."))
 @TIMEOUT
 @click.pass_obj
-def publish(obj: Context, paths: tuple[str, ...], timeout: float) -> None:
+def publish(obj: Context, paths: tuple[str, ...], team: str | None, timeout: float) -> None:
     """Publish pattern files (and the .md files in folders), signed by this node.
 
     Prints "<hash> <pattern-id> <path>" for each one published; an invalid file
@@ -228,13 +231,16 @@ def publish(obj: Context, paths: tuple[str, ...], timeout: float) -> None:
                 for path in valid:
                     try:
                         pattern = load_pattern(path, max_bytes=limit)
-                        result = await call("publish", {"data": pattern.data, "source": str(path)})
+                        request = {"data": pattern.data, "source": str(path)}
+                        if team is not None:
+                            request["team"] = team
+                        result = await call("publish", request)
                     except (PatternError, ControlError) as exc:
                         refuse(path, exc)
                     else:
                         results.append(result)
                         if not obj.as_json:
-                            click.echo(f"{result['hash']} {result['id']} {path}")
+                            click.echo(f"{result['hash']} {result['id']} {path}{_team_note(result['team'])}")
                     bar.update(1)
 
     _guard(lambda: asyncio.run(go()))
@@ -268,7 +274,7 @@ def fetch(obj: Context, ref: str, output: str | None, author: str | None, timeou
     result = _run(obj, "fetch", {"ref": ref, "author": author}, network=True, timeout=timeout)
     data: bytes = result.pop("data")
     about = (f"{result['id']} {result['hash']} by {', '.join(a[:16] for a in result['authors']) or 'no publisher'}"
-             f" (signature {result['signature']})")
+             f" (signature {result['signature']}){_team_note(result['team'])}")
     if output is not None:
         _write_atomically(Path(output), data)
         result["path"] = output
@@ -281,6 +287,11 @@ def fetch(obj: Context, ref: str, output: str | None, author: str | None, timeou
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
     click.echo(about, err=True)
+
+
+def _team_note(team: dict[str, Any] | None) -> str:
+    """How a team pattern is marked in listings: its team's name, ID prefix and epoch."""
+    return "" if team is None else f"  [team {team['name']} {team['id'][:8]} epoch {team['epoch']}]"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -301,7 +312,8 @@ def search(obj: Context, terms: tuple[str, ...], timeout: float) -> None:
     """Find patterns by ID, word of the title, type:T, category:C or status:S (all terms must match)."""
     result = _run(obj, "search", {"terms": list(terms)}, network=True, timeout=timeout)
     rows = result["results"]
-    lines = [f"{r['id']}  {r['title']}\n    author {r['author'][:16]}  hash {r['hash'][:16]}  {r['date']}" for r in rows]
+    lines = [f"{r['id']}  {r['title']}{_team_note(r['team'])}\n"
+             f"    author {r['author'][:16]}  hash {r['hash'][:16]}  {r['date']}" for r in rows]
     obj.emit(result, "\n".join(lines) if lines else "no pattern found")
 
 
@@ -315,7 +327,7 @@ def history(obj: Context, pattern_id: str, author: str | None, timeout: float) -
     result = _run(obj, "history", {"id": pattern_id, "author": author}, network=True, timeout=timeout)
     lines = []
     for entry in result["authors"]:
-        lines.append(f"{entry['id']} by {entry['author']}")
+        lines.append(f"{entry['id']} by {entry['author']}{_team_note(entry['team'])}")
         lines.extend(f"  {v['hash']}  {v['date']}" for v in entry["versions"])
     obj.emit(result, "\n".join(lines))
 
@@ -326,8 +338,11 @@ def ls_(obj: Context) -> None:
     """List the patterns held on this node: published or pinned here, replicas, cached copies."""
     result = _run(obj, "ls", {}, network=False)
     lines = [
-        f"{p['hash'][:16]}  {p['id']:<20} {p['role'] + (' pinned' if p['pinned'] else ''):<14} {p['title']}"
-        + ("" if p["complete"] else "  (incomplete)")
+        (f"{p['hash'][:16]}  {p['id']:<20} {p['role'] + (' pinned' if p['pinned'] else ''):<14} {p['title']}"
+         if p["readable"] else
+         f"{p['key'][:16]}  {'(team pattern)':<20} {p['role'] + (' pinned' if p['pinned'] else ''):<14} "
+         "encrypted for a team this node cannot read")
+        + _team_note(p["team"]) + ("" if p["complete"] else "  (incomplete)")
         for p in result["patterns"]
     ]
     obj.emit(result, "\n".join(lines) if lines else "no pattern held")

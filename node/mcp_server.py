@@ -62,6 +62,14 @@ LOCAL_READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, i
 
 
 # ---------------------------------------------------------------------- outputs
+class TeamRef(BaseModel):
+    """The team a team-private pattern belongs to."""
+
+    name: str = Field(description="The team's name on this node.")
+    id: str = Field(description="The team ID, 40 hex digits.")
+    epoch: int = Field(description="The epoch whose key encrypts this pattern.")
+
+
 class PatternSummary(BaseModel):
     """What the network says about one version of a pattern."""
 
@@ -73,6 +81,7 @@ class PatternSummary(BaseModel):
     type: str = Field(description="The TYPE part of the pattern ID, e.g. DHT.")
     category: str = Field(description="The CATEGORY field, or empty.")
     status: str = Field(description="The STATUS field (Active, Deprecated, Superseded), or empty.")
+    team: TeamRef | None = Field(default=None, description="For a team-private pattern, its team; else null.")
 
 
 class FoundPattern(PatternSummary):
@@ -223,7 +232,12 @@ def build_server(home: Path, *, allow_publish: bool = False, timeout: float = 60
     @tool(LOCAL_READ_ONLY)
     async def list_local_patterns() -> LocalPatterns:
         """List the patterns held on this device: published here, pinned, replicas kept for others, cached copies."""
-        return _parse(LocalPatterns, await daemon.call("ls", {}))
+        result = await daemon.call("ls", {})
+        if isinstance(result, dict) and isinstance(result.get("patterns"), list):
+            # Team patterns held for others are ciphertext this node cannot read: nothing to list.
+            result = {**result, "patterns": [p for p in result["patterns"] if not isinstance(p, dict)
+                                             or p.get("readable", True)]}
+        return _parse(LocalPatterns, result)
 
     @tool(LOCAL_READ_ONLY)
     async def node_status() -> dict[str, Any]:

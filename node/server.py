@@ -33,7 +33,7 @@ from aether.crypto.identity import Identity
 from aether.crypto.records import SignedRecord, create_record, record_key
 from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
-from aether.node.entries import MANIFEST_KIND, EntryError, manifest_of
+from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
 from aether.node.lookup import Lookup, LookupResult
 from aether.node.protocol import AetherProtocol, error_reply
 from aether.node.values import (
@@ -376,7 +376,7 @@ class AetherNode(Server):
         links: tuple[bytes, ...] = ()
         if record.kind == MANIFEST_KIND:
             try:
-                links = manifest_of(record).manifest.blocks
+                links = manifest_blocks(record).blocks
             except EntryError:
                 pass  # an unreadable manifest links nothing; its signature was still good
         return self.store.put_entry(
@@ -563,7 +563,7 @@ class AetherNode(Server):
         if not isinstance(checked, Entry) or checked.record.kind != MANIFEST_KIND:
             return 0
         try:
-            manifest = manifest_of(checked.record).manifest
+            manifest = manifest_blocks(checked.record)
         except EntryError:
             return 0
         missing = [k for k in manifest.blocks if not self.store.contains(k)]

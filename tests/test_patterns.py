@@ -115,6 +115,17 @@ def forged(block: bytes) -> bytes:
     return bytes([block[0] ^ 0x01]) + block[1:]
 
 
+def lie_about(monkeypatch, node: AetherNode, real: dict[bytes, bytes]) -> None:
+    """Make the node answer every FIND_VALUE for one of ``real``'s blocks with a forgery of it."""
+
+    def lying(value_key, offset=0, _real=node.local_value):
+        if value_key in real:
+            return forged(real[value_key])
+        return _real(value_key, offset)
+
+    monkeypatch.setattr(node, "local_value", lying)
+
+
 # ---------------------------------------------------------------------- 1. round trips
 @pytest.mark.parametrize("case", sorted(corpus()))
 async def test_every_corpus_case_round_trips_byte_identical_through_remote_nodes(network, case):
@@ -373,15 +384,8 @@ async def test_tampered_blocks_are_caught_and_read_from_an_honest_holder(network
     )
 
     for node in network:
-        if node in (honest, fetcher):
-            continue
-
-        def lying(value_key, offset=0, _real=node.local_value):
-            if value_key in real:
-                return forged(real[value_key])
-            return _real(value_key, offset)
-
-        monkeypatch.setattr(node, "local_value", lying)
+        if node not in (honest, fetcher):
+            lie_about(monkeypatch, node, real)
 
     lookups = count_calls(monkeypatch, fetcher, "lookup")
     fetched = await PatternLibrary(fetcher).fetch(published.pattern.hash)

@@ -63,6 +63,10 @@ def bob() -> Identity:
     return Identity.generate()
 
 
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 def flipped(data: bytes, position: int, mask: int = 0x01) -> bytes:
     changed = bytearray(data)
     changed[position] ^= mask
@@ -472,7 +476,8 @@ def test_patterns_round_trip(plaintext: bytes) -> None:
     assert len(blob) == 4 + 20 + 8 + 12 + len(plaintext) + 16
     assert blob.startswith(PATTERN_MAGIC + TEAM + (9).to_bytes(8, "big"))
     assert blob_header(blob) == (TEAM, 9)
-    assert decrypt_pattern(KEY, blob) == (TEAM, 9, plaintext)
+    assert decrypt_pattern(KEY, blob, sha(plaintext)) == (TEAM, 9, plaintext)
+    assert decrypt_pattern(KEY, blob, sha(plaintext).hex()) == (TEAM, 9, plaintext)
     if plaintext:
         assert plaintext not in blob
 
@@ -488,24 +493,33 @@ def test_every_region_of_a_pattern_blob_is_authenticated() -> None:
         changed = flipped(blob, position)
         expected = FormatError if position < len(PATTERN_MAGIC) else DecryptionError
         with pytest.raises(expected):
-            decrypt_pattern(KEY, changed)
+            decrypt_pattern(KEY, changed, sha(plaintext))
     with pytest.raises(DecryptionError):
-        decrypt_pattern(KEY, blob[:-1])
+        decrypt_pattern(KEY, blob[:-1], sha(plaintext))
     with pytest.raises(DecryptionError):
-        decrypt_pattern(KEY, blob + b"\0")
+        decrypt_pattern(KEY, blob + b"\0", sha(plaintext))
 
 
 def test_a_pattern_decrypts_only_with_its_own_key_team_and_epoch() -> None:
     blob = encrypt_pattern(KEY, TEAM, 2, b"secret")
     with pytest.raises(DecryptionError, match=f"team {TEAM.hex()} epoch 2"):
-        decrypt_pattern(new_team_key(), blob)
+        decrypt_pattern(new_team_key(), blob, sha(b"secret"))
     moved_team = PATTERN_MAGIC + OTHER_TEAM + blob[24:]
     assert blob_header(moved_team) == (OTHER_TEAM, 2)
     with pytest.raises(DecryptionError):
-        decrypt_pattern(KEY, moved_team)
+        decrypt_pattern(KEY, moved_team, sha(b"secret"))
     moved_epoch = blob[:24] + (3).to_bytes(8, "big") + blob[32:]
     with pytest.raises(DecryptionError):
-        decrypt_pattern(KEY, moved_epoch)
+        decrypt_pattern(KEY, moved_epoch, sha(b"secret"))
+
+
+def test_a_pattern_blob_opens_only_for_the_hash_it_was_made_for() -> None:
+    blob = encrypt_pattern(KEY, TEAM, 2, b"secret")
+    with pytest.raises(DecryptionError, match=f"not pattern {sha(b'other').hex()}"):
+        decrypt_pattern(KEY, blob, sha(b"other"))
+    assert sha(b"secret") not in blob and sha(b"secret").hex().encode() not in blob
+    with pytest.raises(TeamCryptoError, match="SHA-256 of the plaintext"):
+        decrypt_pattern(KEY, blob, sha(b"secret")[:31])
 
 
 def test_blob_header_refuses_what_is_not_a_blob() -> None:
@@ -519,7 +533,7 @@ def test_blob_header_refuses_what_is_not_a_blob() -> None:
     with pytest.raises(TeamCryptoError, match="must be bytes"):
         blob_header(bytearray(blob))  # type: ignore[arg-type]
     with pytest.raises(TeamCryptoError, match="team key must be 32 bytes"):
-        decrypt_pattern(KEY[:16], blob)
+        decrypt_pattern(KEY[:16], blob, sha(b""))
     with pytest.raises(TeamCryptoError, match="plaintext must be bytes"):
         encrypt_pattern(KEY, TEAM, 0, "text")  # type: ignore[arg-type]
 
@@ -575,7 +589,7 @@ def test_summaries_and_patterns_do_not_stand_in_for_each_other() -> None:
         decrypt_summary(KEY, TEAM, 4, blob[32:])
     summary = encrypt_summary(KEY, TEAM, 4, b"words")
     with pytest.raises(DecryptionError):
-        decrypt_pattern(KEY, blob[:32] + summary)
+        decrypt_pattern(KEY, blob[:32] + summary, sha(b"words"))
 
 
 # --- at rest and the key chain ---------------------------------------------------------------

@@ -8,6 +8,8 @@ and keeps the key with ``team_keys.keep_unlocked``, as `team unlock` will.
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import pytest_asyncio
 
@@ -137,7 +139,8 @@ async def test_adding_a_member_starts_epoch_1_that_every_member_takes_in(network
     assert unlock(dave, [bob, dave], d1) == [1, 0]
     assert unlocked_key(dave, team_id, 0) == key0
     blob = encrypt_pattern(key0, team_id, 0, b"written before dave joined")
-    assert decrypt_pattern(unlocked_key(dave, team_id, 0), blob)[2] == b"written before dave joined"
+    before = hashlib.sha256(b"written before dave joined").digest()
+    assert decrypt_pattern(unlocked_key(dave, team_id, 0), blob, before)[2] == b"written before dave joined"
 
 
 # ---------------------------------------------------------------------- removing
@@ -177,7 +180,7 @@ async def test_a_removed_member_gets_nothing_of_the_new_epoch(network) -> None:
     assert not check_commitment(combine_shares([dave_share, carol_share]), team_id, 1, d1.commitment)
     blob = encrypt_pattern(key1, team_id, 1, b"after dave left")
     with pytest.raises(DecryptionError):
-        decrypt_pattern(key0, blob)
+        decrypt_pattern(key0, blob, hashlib.sha256(b"after dave left").digest())
 
     # Whoever unlocks epoch 1 reads epoch 0 through the chain.
     assert unlock(carol, [alice, carol], d1) == [1, 0]
