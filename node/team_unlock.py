@@ -41,7 +41,7 @@ from aether.crypto.teams import (
     seal,
     share_index,
 )
-from aether.node.contact import reach
+from aether.node.contact import Reach, reach
 from aether.node.protocol import error_reply
 from aether.node.server import next_seq
 from aether.node.teams import Descriptor, TeamError, descriptor_of
@@ -77,6 +77,9 @@ PENDING_EXPIRY = 600.0
 MAX_PENDING = 64
 RESEND_PENDING = 1.0
 """Seconds between re-sends of a request a member keeps pending."""
+REACH_RETRY = 0.5
+"""Seconds before a member's node that could not be reached is looked up again; doubles up to MAX_REACH_RETRY."""
+MAX_REACH_RETRY = 4.0
 COMBINE_SECONDS = 0.005
 """Rough cost of one combination at K = 3 (pure-Python GF(2^128)), to bound the bad-share search by time."""
 DEFAULT_TIMEOUT = 10.0
@@ -460,8 +463,9 @@ async def unlock(node: AetherNode, row: TeamRow, timeout: float = DEFAULT_TIMEOU
                  ttl: float = 8 * 3600.0) -> UnlockResult:
     """Unlock ``row``'s current epoch with K shares: this node's own and those of the members who answer.
 
-    Every other member is asked at once (found through its contact record), and a
-    member that keeps a request pending is asked again with the same request until it
+    Every other member is asked at once (found through its contact record; a member
+    not reached, or silent, is looked up again until time runs out, since its node
+    may be starting or have moved), and a member that keeps a request pending is asked again with the same request until it
     approves or denies. As soon as K good shares are in hand they are combined in a
     worker thread and checked against the commitment; a failure is searched for the
     bad share with every share collected by then, and the search goes on as more
@@ -569,16 +573,24 @@ async def _ask(node: AetherNode, row: TeamRow, member: PublicIdentity, position:
     def left() -> float:
         return deadline - loop.time()
 
-    try:
-        found = await asyncio.wait_for(reach(node, member), max(left(), 0.001))
-    except asyncio.TimeoutError:
-        outcome.state, outcome.reason = "no-answer", "its node was not found in time"
-        return
-    if not found.reachable or found.address is None:
-        outcome.state, outcome.reason = "no-answer", f"not reachable: {found.reason}"
-        return
+    # A member's node may be starting, or have moved since its contact record was read:
+    # until time runs out it is looked up again, with growing pauses, rather than given up on.
+    found: Reach | None = None
+    pause = REACH_RETRY
     record = make_request(node, row.team_id, row.epoch)
     while left() > 0:
+        if found is None:
+            try:
+                found = await asyncio.wait_for(reach(node, member), left())
+            except asyncio.TimeoutError:
+                outcome.reason = outcome.reason or "its node was not found in time"
+                break
+            if not found.reachable or found.address is None:
+                outcome.reason = f"not reachable: {found.reason}"
+                found = None
+                await asyncio.sleep(min(pause, max(left(), 0)))
+                pause = min(pause * 2, MAX_REACH_RETRY)
+                continue
         request = ShareRequest.decode(record.payload)
         try:
             ok, reply = await asyncio.wait_for(node.protocol.call_team_share(found.address, record.encode()), left())
@@ -587,6 +599,7 @@ async def _ask(node: AetherNode, row: TeamRow, member: PublicIdentity, position:
         if not ok:  # lost, or its reply was: ask anew (the same bytes would be refused as a replay)
             outcome.reason = "no answer"
             record = make_request(node, row.team_id, row.epoch)
+            found = None  # and look its node up again: it may listen elsewhere now
             continue
         if isinstance(reply, dict) and "pending" in reply:
             if outcome.state != "pending":

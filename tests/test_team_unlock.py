@@ -21,7 +21,7 @@ from aether.crypto.teams import check_commitment, seal
 from aether.node.contact import publish_contact
 from aether.node.server import AetherNode, next_seq
 from aether.node.team_api import TEAM_OPS
-from aether.node.team_ceremony import create_team
+from aether.node.team_ceremony import change_members, create_team
 from aether.node.team_inbox import Inbox
 from aether.node.team_keys import lock, unlocked_key, unlocked_keys
 from aether.node.team_unlock import (
@@ -37,7 +37,7 @@ from aether.node.team_unlock import (
     make_request,
     unlock,
 )
-from aether.node.teams import Descriptor
+from aether.node.teams import Descriptor, TeamError
 from aether.node.patterns import PatternLibrary
 from aether.simulations.network import address_of, local_network, start_node, stop_all
 
@@ -347,3 +347,24 @@ async def test_hostile_answers_are_left_out_and_nobody_is_named_for_them(network
     for member in hostile:
         assert (states(result)[member.node.id], reasons(result)[member.node.id]) == ("refused", "bad-answer")
     assert not result.of("bad")
+
+
+@ON_NETWORK
+async def test_after_a_removal_the_removed_members_requests_are_refused_and_members_unlock_the_new_epoch(network) -> None:
+    maker, stays, leaves = network[6], network[7], network[8]
+    d = await make_team(maker, [stays, leaves], 2, name="moving")
+    old_request = make_request(leaves, d.team_id, 0)  # made while it was a member
+    assert (await run_unlock(maker, d.team_id)).unlocked
+    changed = await change_members(maker, maker.store.team(d.team_id), remove=[leaves.identity.public])
+    assert changed.won and changed.made.descriptor.epoch == 1
+    assert (d.team_id, 1) in (await Inbox(stays).poll()).imported
+    await Inbox(leaves).poll()  # follows epoch 1, in which it has no share
+    assert stays.store.team(d.team_id).epoch == 1 and leaves.store.team(d.team_id).epoch == 1
+
+    reply = handle(stays, old_request.encode())
+    assert reply["error"] == "stale-epoch" and reply["epoch"] == 1
+    assert handle(stays, make_request(leaves, d.team_id, 1).encode())["error"] == "not-member"
+    with pytest.raises(TeamError, match="not a member of team moving epoch 1"):
+        await run_unlock(leaves, d.team_id)
+    result = await run_unlock(stays, d.team_id)
+    assert result.unlocked and result.epoch == 1 and result.epochs == [1, 0]
