@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import stat
@@ -96,19 +97,29 @@ def check_signing_public(signing_public: bytes) -> None:
         raise IdentityError(
             f"signing key must be {KEY_BYTES} raw bytes, got {_describe(signing_public)}"
         )
+    problem = _signing_key_problem(signing_public)
+    if problem:
+        raise IdentityError(f"signing key is not a valid Ed25519 key ({problem})")
+
+
+@functools.lru_cache(maxsize=4096)
+def _signing_key_problem(signing_public: bytes) -> str | None:
+    """Why 32 bytes are no usable Ed25519 key, or None. Cached: a team's descriptor names the
+    same members' keys at every read, and the on-curve test is a modular exponentiation."""
     weakness = _weakness(signing_public)
     if weakness:
-        raise IdentityError(f"signing key is not a valid Ed25519 key ({weakness})")
+        return weakness
     y = int.from_bytes(signing_public, "little") & ((1 << 255) - 1)
     # x^2 = (y^2 - 1) / (d*y^2 + 1) must have a square root; u/v is a square iff u*v is.
     u = (y * y - 1) % _P
     v = (_D * y * y + 1) % _P
     if pow(u * v % _P, (_P - 1) // 2, _P) != 1:
-        raise IdentityError("signing key is not a valid Ed25519 key (not a point on the curve)")
+        return "not a point on the curve"
     try:
         Ed25519PublicKey.from_public_bytes(signing_public)
     except ValueError as exc:
-        raise IdentityError(f"signing key is not a valid Ed25519 key ({exc})") from exc
+        return str(exc)
+    return None
 
 
 def is_weak_signing_key(signing_public: bytes) -> bool:
@@ -135,13 +146,21 @@ def _check_sealing_public(sealing_public: bytes) -> None:
         raise IdentityError(
             f"sealing key must be {KEY_BYTES} raw bytes, got {_describe(sealing_public)}"
         )
+    if not _sealing_key_usable(sealing_public):
+        raise IdentityError("sealing key is not a usable X25519 key (low-order point)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _sealing_key_usable(sealing_public: bytes) -> bool:
+    """Cached like _signing_key_problem: each check draws a key pair and agrees a secret."""
     try:
         key = X25519PublicKey.from_public_bytes(sealing_public)
         # A low-order key gives an all-zero shared secret, which OpenSSL refuses; find out
         # now rather than when someone first tries to seal a team share to this member.
         X25519PrivateKey.generate().exchange(key)
-    except ValueError as exc:
-        raise IdentityError("sealing key is not a usable X25519 key (low-order point)") from exc
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(value: object) -> str:
