@@ -52,6 +52,7 @@ class Cluster:
         """Node index → the worker that runs it."""
         self.addresses: dict[int, tuple[str, int]] = {}
         self.ids: dict[int, bytes] = {}
+        self.identities: dict[int, str] = {}
         self._ids = itertools.count()
         self._rng = random.Random(seed)
         self._starting: dict[int, asyncio.Event] = {}
@@ -150,8 +151,9 @@ class Cluster:
                 for w, ix in by_worker.items()
             ))
             for w, started in zip(by_worker, replies):
-                for index, node_id, host, port in started:
+                for index, node_id, host, port, identity in started:
                     self.home[index], self.ids[index], self.addresses[index] = w, node_id, (host, port)
+                    self.identities[index] = identity
         finally:
             for index in indices:
                 self._starting.pop(index).set()

@@ -48,11 +48,11 @@ def example_patterns() -> dict[str, bytes]:
             if item.name.endswith(".md")}
 
 
-def synthetic_pattern(rng: random.Random, number: int) -> bytes:
+def synthetic_pattern(rng: random.Random, number: int, kind: str = "SIM") -> bytes:
     """A valid pattern document for the simulation, 1 to 20 KiB, with a title of three words."""
     title = " ".join(w.capitalize() for w in rng.sample(_WORDS, 3))
     body = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(150, 3000)))
-    return (f"# Pattern-SIM-{number:03d}: {title}\n\n**CREATED:** 2026-01-01T00:00:00Z\n**STATUS:** Active\n"
+    return (f"# Pattern-{kind}-{number:03d}: {title}\n\n**CREATED:** 2026-01-01T00:00:00Z\n**STATUS:** Active\n"
             f"**CATEGORY:** Simulation\n\n## Problem\n{body}\n\n## Solution\nShare it.\n").encode()
 
 
@@ -71,6 +71,8 @@ class Record:
     replicas: list[dict[str, Any]] = field(default_factory=list)
     success: list[dict[str, Any]] = field(default_factory=list)
     interrupted: dict[str, int] = field(default_factory=dict)
+    team: dict[str, Any] | None = None
+    """The team step's ceremony: members, K, shares delivered, what outsiders could read."""
     late: float = 0.0
 
     def add(self, op: str, result: dict[str, Any]) -> None:
@@ -92,6 +94,7 @@ class Run:
         self._next_synthetic = 1
         self.settings = self._settings()
         self.publishing: list[asyncio.Future] = []
+        self._next_team = 0
 
     def _settings(self) -> dict[int, dict[str, Any]]:
         """Per-node settings from the device population: quota, and light for phones and tablets on battery."""
@@ -155,6 +158,11 @@ class Run:
                     if not result.get("gone"):
                         result["ok"] = self.found_closest(n, key, result.pop("closest"))
                     self.record.add("lookup", result)
+        elif action == "team":
+            try:
+                await self.team(a["members"], a["k"], a["patterns"])
+            except NodeGone:  # churn took a member or the creator during the ceremony
+                self.record.team = {**(self.record.team or {}), "interrupted": True}
         elif action in ("kill", "leave"):
             await c.kill(a["nodes"], graceful=action == "leave")
         elif action == "join":
@@ -167,6 +175,42 @@ class Run:
             await c.broadcast("heal")
         elif action == "transport":
             await c.broadcast("transport", **a)
+
+    async def team(self, members: list[int], k: int, patterns: int) -> None:
+        """A key ceremony among ``members`` (the first creates the team), K of them unlocking, and private traffic.
+
+        The creator publishes ``patterns`` team patterns; every member that unlocked
+        fetches each of them, and as many nodes outside the team try to: they must
+        read nothing.
+        """
+        c, record = self.cluster, self.record
+        creator, others = members[0], members[1:]
+        await asyncio.gather(*(c.call(m, "contact") for m in members))
+        team_id = await c.call(creator, "team_create", name="sim", k=k, members=[c.identities[m] for m in others])
+        delivered = await asyncio.gather(*(c.call(m, "team_share", team_id=team_id) for m in others))
+        record.team = {"members": len(members), "k": k, "shares_delivered": sum(delivered) + 1}
+        unlocked = []
+        for member in members[:k]:
+            result = await c.call(member, "team_unlock", team_id=team_id)
+            record.add("unlock", result)
+            if result["ok"]:
+                unlocked.append(member)
+        if creator not in unlocked:
+            return
+        hashes = []
+        for _ in range(patterns):
+            self._next_team += 1
+            result = await c.call(creator, "team_publish", team_id=team_id,
+                                  data=synthetic_pattern(self.rng, self._next_team, kind="TEAM"))
+            record.add("team publish", result)
+            hashes.append(result["hash"])
+        outsiders = [i for i in c.alive if i not in members]
+        fetches = [c.call(m, "fetch", ref=h, expect=h) for m in unlocked for h in hashes]
+        tries = [c.call(self.rng.choice(outsiders), "fetch", ref=h, expect=h) for h in hashes] if outsiders else []
+        for result in await self._bounded(fetches):
+            record.add("team fetch", result)
+        read = [r for r in await self._bounded(tries) if not r.get("gone")]
+        record.team["outsider_fetches"] = {"tries": len(read), "read": sum(r["ok"] for r in read)}
 
     def found_closest(self, asker: int, target: bytes, closest: list[bytes]) -> bool:
         """Whether a lookup found the live node nearest to ``target`` (the asker aside), as Kademlia must."""
@@ -266,7 +310,7 @@ def report(scenario: Scenario, seed: int, workers: int, join_s: float, record: R
         "scenario": scenario.name, "nodes": scenario.nodes, "seed": seed, "workers": workers,
         "join_seconds": round(join_s, 2), "late_seconds": round(record.late, 2),
         "operations": ops, "replicas_over_time": record.replicas, "success_over_time": record.success,
-        "storage_fill_percent": fill,
+        "storage_fill_percent": fill, "team": record.team,
     }
 
 
@@ -290,6 +334,14 @@ def render(r: dict[str, Any]) -> str:
                      f"lost {last['lost']} ({last['alive']} nodes alive)")
     for cls, f in r["storage_fill_percent"].items():
         lines.append(f"  storage fill, {cls:<8} {f['nodes']:>5} nodes: p50 {f['p50']:.0f} %, max {f['p100']:.0f} %")
+    if r.get("team"):
+        t = r["team"]
+        outside = t.get("outsider_fetches", {"tries": 0, "read": 0})
+        if t.get("interrupted"):
+            lines.append("  team: interrupted, a member's node was killed during the ceremony")
+        else:
+            lines.append(f"  team: {t['k']} of {t['members']}, shares delivered to {t['shares_delivered']}; "
+                         f"outsiders read {outside['read']} of {outside['tries']} team patterns they tried")
     if r["late_seconds"] > 1:
         lines.append(f"  note: steps ran up to {r['late_seconds']:.1f} s behind the scenario's times")
     return "\n".join(lines)

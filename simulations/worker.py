@@ -21,8 +21,12 @@ from typing import Any
 import psutil
 
 from aether.node.config import NodeConfig
+from aether.node.contact import publish_contact
 from aether.node.patterns import PatternLibrary
 from aether.node.server import AetherNode
+from aether.node.team_ceremony import create_team, parse_members
+from aether.node.team_inbox import Inbox
+from aether.node.team_unlock import unlock
 from aether.simulations.channel import frame, read_frame
 from aether.simulations.faults import Faults, FaultyTransport, inject
 from aether.simulations.network import start_node
@@ -57,7 +61,7 @@ class Worker:
             self.nodes[index] = node
             self.libraries[index] = PatternLibrary(node)
             self.transports[index] = inject(node, self.faults)
-            started.append([index, node.node.id, *node.address])
+            started.append([index, node.node.id, *node.address, node.identity.public.to_string()])
         return started
 
     async def op_join(self, joins: list[list]) -> dict[int, int]:
@@ -113,6 +117,40 @@ class Worker:
             return {"ok": any(a.summary.hash == expect for a in found), "results": len(found)}
 
         return await self._measured(node, search())
+
+    # ------------------------------------------------------------------ teams
+    async def op_contact(self, node: int) -> None:
+        """Publish where the node listens, so team members find it (a daemon does this once joined)."""
+        await publish_contact(self.nodes[node], [self.nodes[node].address])
+
+    async def op_team_create(self, node: int, name: str, k: int, members: list[str]) -> bytes:
+        created = await create_team(self.nodes[node], name, k, parse_members(members))
+        return created.descriptor.team_id
+
+    async def op_team_share(self, node: int, team_id: bytes, attempts: int = 10) -> bool:
+        """Read the inbox until this member holds its share (a daemon polls it every few minutes)."""
+        for _ in range(attempts):
+            await Inbox(self.nodes[node]).poll()
+            if self.nodes[node].store.team_share(team_id, 0) is not None:
+                return True
+            await asyncio.sleep(0.5)
+        return False
+
+    async def op_team_unlock(self, node: int, team_id: bytes, timeout: float = 10.0) -> dict[str, Any]:
+        async def unlocking() -> dict[str, Any]:
+            row = self.nodes[node].store.team(team_id)
+            result = await unlock(self.nodes[node], row, timeout)
+            return {"ok": result.unlocked, "got": result.got}
+
+        return await self._measured(node, unlocking())
+
+    async def op_team_publish(self, node: int, team_id: bytes, data: bytes) -> dict[str, Any]:
+        async def publish() -> dict[str, Any]:
+            row = self.nodes[node].store.team(team_id)
+            published = await self.libraries[node].publish(data, team=row)
+            return {"ok": True, "hash": published.pattern.hash, "replicas": published.replicas}
+
+        return await self._measured(node, publish())
 
     async def op_lookup(self, node: int, target: bytes) -> dict[str, Any]:
         """An iterative lookup of a key: the closest nodes that answered, in order, and what it cost."""

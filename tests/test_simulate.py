@@ -198,3 +198,16 @@ def test_the_simulate_command_writes_the_report_and_plots_and_refuses_a_bad_scen
     scenario.write_text("nodes = 8\n[[events]]\naction = \"fly\"\n", encoding="utf-8")
     assert_clean_error(run(None, "simulate", str(scenario)), "events[0].action: must be one of")
     assert_clean_error(run(None, "simulate", "no-such"), "no scenario 'no-such'", "demo")
+
+
+def test_the_team_step_runs_a_ceremony_and_outsiders_read_nothing(tmp_path) -> None:
+    scenario = parse('name = "teamwork"\nnodes = 12\nseed = 2\n[[events]]\naction = "team"\nmembers = 4\nk = 3\n'
+                     'patterns = 2\n')
+    report = asyncio.run(asyncio.wait_for(run_scenario(scenario, workers=2, root=tmp_path), 300))
+    team, ops = report["team"], report["operations"]
+    assert (team["members"], team["k"], team["shares_delivered"]) == (4, 3, 4)
+    assert ops["unlock"]["count"] == 3 and ops["unlock"]["success"] == 1.0
+    assert ops["team publish"]["count"] == 2 and ops["team publish"]["success"] == 1.0
+    assert ops["team fetch"]["count"] == 6 and ops["team fetch"]["success"] == 1.0  # 3 unlocked members x 2
+    assert team["outsider_fetches"] == {"tries": 2, "read": 0}
+    assert "outsiders read 0 of 2 team patterns" in render(report)
