@@ -245,3 +245,131 @@ def _run(work: Any) -> Any:
 
         loop.run_until_complete(drain())
         loop.close()
+
+
+# ---------------------------------------------------------------------- availability under churn
+@dataclass
+class Availability:
+    n: int
+    patterns: int
+    median_session_s: float
+    hours: float
+    samples: list[dict[str, float]]
+    """Per sample: hour, share of nodes online, share of patterns findable, share held by no node online."""
+
+    @property
+    def findable(self) -> dict[str, float]:
+        values = [s["findable"] for s in self.samples]
+        return {"mean": round(sum(values) / len(values), 5), "min": min(values)}
+
+
+def _weibull_median(rng: random.Random, median: float, shape: float = 0.5) -> float:
+    """A session (or absence) length: Weibull with shape 0.5, the heavy tail measured in deployed DHTs."""
+    scale = median / math.log(2) ** (1 / shape)
+    return rng.weibullvariate(scale, shape)
+
+
+def run_availability(n: int = 10_000, patterns: int = 200, *, median_session_s: float = 3600.0,
+                     hours: float = 24.0, step_s: float = 300.0, seed: int = 1,
+                     config: NodeConfig | None = None) -> Availability:
+    """Patterns' availability while nodes come and go, under the node's replication policy.
+
+    A model of the policy, not of the code (100,000 SQLite stores do not fit one
+    machine): each node alternates sessions online and absences with the same
+    heavy-tailed length distribution (Weibull, shape 0.5, the given median), keeping
+    its data while away, as a node's store does. A pattern is placed on the k closest
+    online nodes; a node that comes online gets the patterns it is now among the k
+    closest to from an online holder (the hand-off to a new contact); every
+    ``replicate_interval`` each online holder copies its patterns to the k closest
+    online nodes. A pattern counts as findable when one of the k online nodes
+    closest to its key holds it, which is where a lookup looks.
+    """
+    config = config or NodeConfig()
+    rng = random.Random(seed)
+    k = config.ksize
+    ids = sorted({rng.getrandbits(ID_BITS) for _ in range(n)})
+    n = len(ids)
+    online = [rng.random() < 0.5 for _ in range(n)]
+    change_at = [_weibull_median(rng, median_session_s) for _ in range(n)]
+    keys = [rng.getrandbits(ID_BITS) for _ in range(patterns)]
+
+    def closest_online(key: int) -> list[int]:
+        # The k XOR-closest lie in the smallest aligned block around the key holding k online nodes.
+        for bits in range(ID_BITS - 24, ID_BITS + 1, 2):
+            low = (key >> bits) << bits
+            first = bisect.bisect_left(ids, low)
+            last = bisect.bisect_left(ids, low + (1 << bits))
+            live = [i for i in range(first, last) if online[i]]
+            if len(live) >= k or bits >= ID_BITS:
+                return sorted(live, key=lambda i: ids[i] ^ key)[:k]
+        return []
+
+    holders = [set(closest_online(key)) for key in keys]
+    samples, t, next_replication = [], 0.0, config.replicate_interval
+    end = hours * 3600
+    while t < end:
+        t += step_s
+        joined = []
+        for i in range(n):
+            while change_at[i] <= t:
+                online[i] = not online[i]
+                change_at[i] += _weibull_median(rng, median_session_s)
+                if online[i]:
+                    joined.append(i)
+        replicate = t >= next_replication
+        if replicate:
+            next_replication += config.replicate_interval
+        fresh = set(joined)
+        findable = lost = 0
+        for p, key in enumerate(keys):
+            near = closest_online(key)
+            held_online = any(online[h] for h in holders[p])
+            if held_online and (replicate or fresh.intersection(near)):
+                holders[p].update(near)  # re-replication, or the hand-off to nodes that just came
+            findable += any(h in holders[p] for h in near)
+            lost += not held_online
+        samples.append({"hour": round(t / 3600, 3), "online": round(sum(online) / n, 4),
+                        "findable": round(findable / patterns, 5), "unheld": round(lost / patterns, 5)})
+    return Availability(n, patterns, median_session_s, hours, samples)
+
+
+# ---------------------------------------------------------------------- report
+CHURN_MEDIANS = (600.0, 3600.0, 4 * 3600.0)
+"""Median session lengths the availability model runs: 10 minutes, one hour, four hours."""
+
+
+def model_report(n: int, *, lookups: int = 200, seed: int = 1, dead: float = 0.0, patterns: int = 200,
+                 hours: float = 24.0, availability_nodes: int = 10_000) -> dict[str, Any]:
+    """Lookup rounds and messages at ``n`` nodes beside log2 N and log2 log2 N, and availability under churn."""
+    stats = run_lookups(n, lookups, seed=seed, dead=dead)
+    churn = []
+    for median in CHURN_MEDIANS:
+        a = run_availability(min(n, availability_nodes), patterns, median_session_s=median, hours=hours, seed=seed)
+        churn.append({"median_session_s": median, "nodes": a.n, "patterns": a.patterns, "hours": hours,
+                      "findable": a.findable, "online": round(sum(s["online"] for s in a.samples) / len(a.samples), 3),
+                      "unheld_max": max(s["unheld"] for s in a.samples)})
+    return {
+        "mode": "model", "nodes": n, "seed": seed, "dead": dead, "lookups": stats.lookups, "found": stats.found,
+        "rounds": stats.hops, "messages": stats.messages, "seconds": stats.seconds, "touched": stats.touched,
+        "log2_n": round(math.log2(n), 2), "log2_log2_n": round(math.log2(math.log2(n)), 2),
+        "availability": churn,
+    }
+
+
+def render_model(r: dict[str, Any]) -> str:
+    rounds, messages = r["rounds"], r["messages"]
+    lines = [
+        f"aether-node simulate --model: {r['nodes']:,} nodes on simulated time (seed {r['seed']}"
+        + (f", {r['dead']:.0%} dead" if r["dead"] else "") + ")",
+        f"  lookups             {r['lookups']}, found the nearest live node in {r['found']:.1%}",
+        f"  rounds per lookup   p50 {rounds['p50']:.0f}, p90 {rounds['p90']:.0f}, p99 {rounds['p99']:.0f}"
+        f"   (log2 N = {r['log2_n']}, log2 log2 N = {r['log2_log2_n']})",
+        f"  messages per lookup p50 {messages['p50']:.0f}, p90 {messages['p90']:.0f}, p99 {messages['p99']:.0f}",
+        f"  simulated time      p50 {r['seconds']['p50'] * 1000:.0f} ms, p99 {r['seconds']['p99'] * 1000:.0f} ms "
+        f"(40 ms median one-way latency)",
+    ]
+    for a in r["availability"]:
+        lines.append(f"  churn, sessions of {a['median_session_s'] / 60:>4.0f} min median: {a['patterns']} patterns on "
+                     f"{a['nodes']:,} nodes for {a['hours']:.0f} h: findable {a['findable']['mean']:.2%} on average, "
+                     f"{a['findable']['min']:.2%} at worst ({a['online']:.0%} of nodes online)")
+    return "\n".join(lines)

@@ -65,3 +65,29 @@ async def test_the_model_agrees_with_real_nodes_on_lookup_rounds(tmp_path) -> No
     model = await asyncio.to_thread(run_lookups, size, count, seed=9, config=CONFIG, latency_ms=1.0)
     assert abs(percentile(real, 50) - model.hops["p50"]) <= 1, (sorted(real), model.hops)
     assert abs(percentile(real, 90) - model.hops["p90"]) <= 1, (sorted(real), model.hops)
+
+
+def test_availability_under_churn_is_reported_per_sample_and_repeats_with_its_seed() -> None:
+    from aether.simulations.model import run_availability
+
+    first = run_availability(600, 20, median_session_s=600, hours=2, step_s=600, seed=3, config=CONFIG)
+    assert first.samples == run_availability(600, 20, median_session_s=600, hours=2, step_s=600, seed=3,
+                                             config=CONFIG).samples
+    assert len(first.samples) == 12 and first.samples[-1]["hour"] == 2.0
+    for sample in first.samples:
+        assert 0.3 < sample["online"] < 0.7  # sessions and absences alike: about half the nodes are online
+        assert 0 <= sample["findable"] <= 1 and 0 <= sample["unheld"] <= 1
+
+
+def test_the_model_command_reports_rounds_beside_log2_n(tmp_path) -> None:
+    import json
+
+    from .test_cli_patterns import assert_clean_error, ok, run
+
+    report = json.loads(ok(None, "simulate", "--model", "--nodes", "2000", "--lookups", "20", "--out",
+                           str(tmp_path), as_json=True).stdout)
+    assert report["nodes"] == 2000 and report["lookups"] == 20 and report["log2_n"] == 10.97
+    assert 1 <= report["rounds"]["p50"] <= report["rounds"]["p99"] and report["messages"]["p50"] > 0
+    assert [a["median_session_s"] for a in report["availability"]] == [600.0, 3600.0, 14400.0]
+    assert json.loads((tmp_path / "model.json").read_text(encoding="utf-8")) == report
+    assert_clean_error(run(None, "simulate", "--nodes", "9000"), "at most 5000", "--model")
