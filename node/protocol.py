@@ -180,7 +180,7 @@ class AetherProtocol(KademliaProtocol):
                 # The peer answered after we gave up: a real round trip, and the
                 # estimator must learn it or it will keep timing out too early.
                 self.stats["late_reply"] += 1
-                self.rtt.observe(late[0], time.monotonic() - late[1])
+                self.rtt.observe(late[0], self._clock() - late[1])
             else:
                 self.stats["unexpected_reply"] += 1
             return
@@ -190,7 +190,7 @@ class AetherProtocol(KademliaProtocol):
             return
         del self._outstanding[msg_id]
         handle.cancel()
-        self.rtt.observe(peer, time.monotonic() - sent_at)
+        self.rtt.observe(peer, self._clock() - sent_at)
         if not future.done():
             future.set_result((True, data))
 
@@ -207,6 +207,11 @@ class AetherProtocol(KademliaProtocol):
         if not future.done():
             future.set_result((False, None))
 
+    @staticmethod
+    def _clock() -> float:
+        """The event loop's clock, which times requests out: time.monotonic on a real loop, simulated in the model."""
+        return asyncio.get_running_loop().time()
+
     # ----------------------------------------------------------- calls out
     def _call(self, address: tuple, name: str, *args: Any) -> asyncio.Future:
         """Send one request; the future resolves to ``(True, reply)`` or ``(False, None)``."""
@@ -216,7 +221,7 @@ class AetherProtocol(KademliaProtocol):
         msg_id = os.urandom(wire.MSG_ID_BYTES)
         datagram = wire.encode_request(msg_id, name, args)
         handle = loop.call_later(self.rtt.timeout_for(peer), self._timeout, msg_id)
-        self._outstanding[msg_id] = (future, handle, peer, time.monotonic())
+        self._outstanding[msg_id] = (future, handle, peer, loop.time())
         self.stats["requests_sent"] += 1
         if self.transport is None or self.transport.is_closing():
             self._timeout(msg_id)
