@@ -109,7 +109,8 @@ class AetherProtocol(KademliaProtocol):
         )
         self.stale_after = config.stale_after_failures
         self.stats: Counter[str] = Counter()
-        self._failures: dict[bytes, int] = {}
+        self._failures: dict[bytes, tuple[int, float]] = {}
+        """Per contact: unanswered requests in a row, and when the last was counted (loop clock)."""
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
         self._timed_out: OrderedDict[bytes, tuple[tuple[str, int], float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
@@ -308,13 +309,21 @@ class AetherProtocol(KademliaProtocol):
             return result
         if self.router.is_new_node(node):
             return result  # not in the table: nothing to count
-        failures = self._failures.get(node.id, 0) + 1
+        failures, last = self._failures.get(node.id, (0, float("-inf")))
+        now = self._clock()
+        if now - last < self.rtt.timeout_for((node.ip, node.port)) / 2:
+            # Requests that were out at once and timed out together are one silence, not
+            # several: when this node's own loop stalls (a long disk write, a busy CPU),
+            # every request in flight times out at the same moment, and counting each
+            # would empty the routing table of peers that are all alive.
+            return result
+        failures += 1
         if failures >= self.stale_after:
             log.info("%s failed %d requests in a row; removing it", node, failures)
             self._failures.pop(node.id, None)
             self.router.remove_contact(node)
         else:
-            self._failures[node.id] = failures
+            self._failures[node.id] = (failures, now)
         return result
 
     def welcome_if_new(self, node: Node) -> None:
@@ -363,7 +372,7 @@ class AetherProtocol(KademliaProtocol):
 
     def failures(self, node_id: bytes) -> int:
         """Requests to this contact left unanswered in a row (it is dropped at ``stale_after``)."""
-        return self._failures.get(node_id, 0)
+        return self._failures.get(node_id, (0, 0.0))[0]
 
     def contacts(self) -> list[Node]:
         return [n for bucket in self.router.buckets for n in bucket.get_nodes()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 from kademlia.node import Node
@@ -36,6 +37,27 @@ async def test_a_contact_survives_a_lost_reply_and_is_dropped_after_repeated_fai
         for _ in range(3):
             await a.protocol.call_ping(contact)
         assert b.node.id not in {c.id for c in a.protocol.contacts()}
+    finally:
+        stop_all([a, b])
+
+
+async def test_requests_that_time_out_together_in_a_stall_of_this_process_count_as_one_failure(tmp_path):
+    """A stalled event loop times out every request in flight at once; the live peer must stay."""
+    config = QUIET.replace(stale_after_failures=3, rpc_timeout_initial=0.2, rpc_timeout_max=0.4)
+    a = await start_node(tmp_path / "a", config)
+    b = await start_node(tmp_path / "b", config)
+    try:
+        await a.bootstrap([address_of(b)])
+        contact = Node(b.node.id, *address_of(b))
+        pings = [asyncio.ensure_future(a.protocol.call_ping(contact)) for _ in range(6)]
+        await asyncio.sleep(0)  # all six are on the wire
+        time.sleep(1.0)  # this process stalls (a long disk write, a busy CPU) past every timeout
+        results = await asyncio.gather(*pings)
+        assert not any(ok for ok, _ in results)  # the stall did cost the replies...
+        assert b.node.id in {c.id for c in a.protocol.contacts()}  # ...but not the contact
+        assert a.protocol.failures(b.node.id) == 1
+        ok, _ = await a.protocol.call_ping(contact)
+        assert ok and a.protocol.failures(b.node.id) == 0
     finally:
         stop_all([a, b])
 

@@ -54,7 +54,7 @@ def test_a_regular_install_carries_every_module_and_the_command(tmp_path):
     # -S: no .pth files, so the editable install of this checkout cannot answer the import.
     code = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-        "import aether.node.cli, aether.crypto.records, aether.storage.store, aether.simulations.demo\n"
+        "import aether.node.cli, aether.crypto.records, aether.storage.store, aether.simulations.simulate\n"
         "assert aether.node.cli.__file__.startswith(sys.argv[1]), aether.node.cli.__file__\n"
     )
     subprocess.run(
