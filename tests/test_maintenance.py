@@ -18,13 +18,18 @@ from aether.simulations.network import address_of, join_all, local_network, star
 from .conftest import QUIET, wait_for
 
 
-async def test_a_contact_survives_a_lost_reply_and_is_dropped_after_repeated_failures(tmp_path):
+async def pair(tmp_path) -> tuple[AetherNode, AetherNode, Node]:
+    """A and B, A knowing B; short timeouts, and a contact dropped after three failures in a row."""
     config = QUIET.replace(stale_after_failures=3, rpc_timeout_initial=0.2, rpc_timeout_max=0.4)
     a = await start_node(tmp_path / "a", config)
     b = await start_node(tmp_path / "b", config)
+    await a.bootstrap([address_of(b)])
+    return a, b, Node(b.node.id, *address_of(b))
+
+
+async def test_a_contact_survives_a_lost_reply_and_is_dropped_after_repeated_failures(tmp_path):
+    a, b, contact = await pair(tmp_path)
     try:
-        await a.bootstrap([address_of(b)])
-        contact = Node(b.node.id, *address_of(b))
         b.transport.pause_reading()  # b goes silent (its socket stays bound)
         for attempt in range(1, 3):
             ok, _ = await a.protocol.call_ping(contact)
@@ -43,12 +48,8 @@ async def test_a_contact_survives_a_lost_reply_and_is_dropped_after_repeated_fai
 
 async def test_requests_that_time_out_together_in_a_stall_of_this_process_count_as_one_failure(tmp_path):
     """A stalled event loop times out every request in flight at once; the live peer must stay."""
-    config = QUIET.replace(stale_after_failures=3, rpc_timeout_initial=0.2, rpc_timeout_max=0.4)
-    a = await start_node(tmp_path / "a", config)
-    b = await start_node(tmp_path / "b", config)
+    a, b, contact = await pair(tmp_path)
     try:
-        await a.bootstrap([address_of(b)])
-        contact = Node(b.node.id, *address_of(b))
         pings = [asyncio.ensure_future(a.protocol.call_ping(contact)) for _ in range(6)]
         await asyncio.sleep(0)  # all six are on the wire
         time.sleep(1.0)  # this process stalls (a long disk write, a busy CPU) past every timeout
