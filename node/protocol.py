@@ -114,6 +114,8 @@ class AetherProtocol(KademliaProtocol):
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
         self._timed_out: OrderedDict[bytes, tuple[tuple[str, int], float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
+        self._graced: set[bytes] = set()
+        """Requests whose timeout fired late, during a stall of this node's loop, and were given more time."""
 
     # ----------------------------------------------------------- background tasks
     def adopt(self, task: asyncio.Future) -> None:
@@ -138,6 +140,7 @@ class AetherProtocol(KademliaProtocol):
             if not future.done():
                 future.set_result((False, None))
         self._outstanding.clear()
+        self._graced.clear()
 
     # ----------------------------------------------------------- datagrams in
     def datagram_received(self, data: bytes, addr: tuple) -> None:
@@ -191,15 +194,31 @@ class AetherProtocol(KademliaProtocol):
             return
         del self._outstanding[msg_id]
         handle.cancel()
-        self.rtt.observe(peer, self._clock() - sent_at)
+        if msg_id in self._graced:
+            self._graced.discard(msg_id)  # its round trip includes our stall: nothing to learn from it
+        else:
+            self.rtt.observe(peer, self._clock() - sent_at)
         if not future.done():
             future.set_result((True, data))
 
     def _timeout(self, msg_id: bytes) -> None:
-        pending = self._outstanding.pop(msg_id, None)
+        pending = self._outstanding.get(msg_id)
         if pending is None:
             return
-        future, _, peer, sent_at = pending
+        future, handle, peer, sent_at = pending
+        loop = asyncio.get_running_loop()
+        wait = handle.when() - sent_at
+        if loop.time() - handle.when() > wait / 2 and msg_id not in self._graced:
+            # The timer fired long after it was due: this node's own loop stalled (a long
+            # disk write, a busy CPU), and the reply may be waiting in the socket. The
+            # peer gets its own time to answer once more, counted from now, before its
+            # silence is held against it.
+            self._graced.add(msg_id)
+            self.stats["timeouts_graced"] += 1
+            self._outstanding[msg_id] = (future, loop.call_later(wait, self._timeout, msg_id), peer, sent_at)
+            return
+        del self._outstanding[msg_id]
+        self._graced.discard(msg_id)
         self.stats["timeouts"] += 1
         self.rtt.backoff(peer)
         self._timed_out[msg_id] = (peer, sent_at)
