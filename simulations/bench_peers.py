@@ -418,9 +418,10 @@ async def run_network(impl_name: str, args: argparse.Namespace) -> dict[str, Any
 
 def child_main(args: argparse.Namespace) -> int:
     raise_nofile_limit()
-    # Stock kademlia and rpcudp log every unanswered request: thousands of lines once half the nodes are dead.
-    logging.getLogger("kademlia").setLevel(logging.ERROR)
-    logging.getLogger("rpcudp").setLevel(logging.ERROR)
+    # Stock kademlia and rpcudp log every unanswered request (rpcudp as an error):
+    # thousands of lines during a busy join and once half the nodes are dead.
+    logging.getLogger("kademlia").setLevel(logging.CRITICAL)
+    logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
     import aether.node.server  # noqa: F401  (imports before the "before" RSS sample)
     import aether.simulations.network  # noqa: F401
     import kademlia.network  # noqa: F401
