@@ -822,16 +822,19 @@ def compare(ours: dict[str, Any], stock: dict[str, Any]) -> dict[str, dict[str, 
     return rows
 
 
-def render(n: int, rows: dict[str, dict[str, Any]], ours: dict, stock: dict) -> str:
-    def fmt(v: Any, key: str) -> str:
-        if v is None:
-            return "-"
-        if key.endswith("success"):
-            return f"{v:.1%}"
-        if isinstance(v, float):
-            return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
-        return str(v)
+def format_cell(v: Any, key: str) -> str:
+    """A table cell: rates as percentages, small floats with two decimals, "-" for not measured."""
+    if v is None:
+        return "-"
+    if key.endswith("success"):
+        return f"{v:.1%}"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
+    return str(v)
 
+
+def render(n: int, rows: dict[str, dict[str, Any]], ours: dict, stock: dict) -> str:
+    fmt = format_cell
     lines = [f"N = {n}  ({ours.get('ops', '?')} ops)", f"  {'metric':<28}{'ours':>12}{'stock':>12}{'ours/stock':>12}"]
     for label, key, _ in METRICS:
         r = rows[key]
@@ -908,6 +911,13 @@ def source_revision() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """The full results as indented JSON, when a file was asked for."""
+    if out:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -940,9 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "targets": targets(n, rows) if args.patterns else {}})
         print(render(n, rows, ours, stock), flush=True)
         print(flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.out}", file=sys.stderr)
+    write_report(report, args.out)
     return 0
 
 
