@@ -86,14 +86,16 @@ class Record:
 class Run:
     def __init__(self, scenario: Scenario, cluster: Cluster, seed: int, say: Callable[[str], Any]):
         self.scenario, self.cluster, self.say = scenario, cluster, say
+        self.seed = seed
         self.rng = random.Random(seed)
         self.record = Record()
-        self.published: list[Published] = []
         self.devices = scenario.devices(seed)
         self._documents = list(example_patterns().values())
         self._next_synthetic = 1
         self.settings = self._settings()
-        self.publishing: list[asyncio.Future] = []
+        self.publishing: dict[int, list[Published]] = {}
+        """Patterns each publish step publishes, by step number."""
+        self._published_events: dict[int, asyncio.Event] = {}
         self._next_team = 0
 
     def _settings(self) -> dict[int, dict[str, Any]]:
@@ -123,25 +125,37 @@ class Run:
 
         return await asyncio.gather(*(one(c) for c in calls))
 
-    async def step(self, step: Step) -> None:
-        """Run one step; a user operation's results go into the record as they come."""
+    async def step(self, step: Step, number: int) -> None:
+        """Run one step; a user operation's results go into the record as they come.
+
+        Steps overlap, so each draws its random choices from a generator of its own
+        (seed and step number): the same seed makes the same choices whatever the timing.
+        """
+        rng = random.Random(f"{self.seed}/{number}")
         c = self.cluster
         action, a = step.action, step.args
         if action == "publish":
-            self.publishing.append(asyncio.current_task())
             docs = [self.document() for _ in a["nodes"]]
-            results = await self._bounded([c.call(n, "publish", data=d) for n, d in zip(a["nodes"], docs)])
-            for doc, result in zip(docs, results):
-                self.record.add("publish", result)
-                pattern = parse_pattern(doc)
-                self.published.append(Published(pattern.id, pattern.hash, next(iter(E.words(pattern.name)), "")))
+            patterns = [parse_pattern(doc) for doc in docs]
+            self.publishing[number] = [Published(p.id, p.hash, next(iter(E.words(p.name)), "")) for p in patterns]
+            self._published_events[number] = asyncio.Event()
+            try:
+                results = await self._bounded([c.call(n, "publish", data=d) for n, d in zip(a["nodes"], docs)])
+                for result in results:
+                    self.record.add("publish", result)
+            finally:
+                self._published_events[number].set()
         elif action in ("fetch", "search"):
-            await asyncio.gather(*self.publishing)  # what was being published before this step is there to find
-            if not self.published:
+            # What the steps before this one published is there to find, and only that,
+            # so that the same seed picks the same patterns however the steps overlap.
+            before = [n for n in self.publishing if n < number]
+            await asyncio.gather(*(self._published_events[n].wait() for n in before))
+            published = [p for n in before for p in self.publishing[n]]
+            if not published:
                 return
-            targets = [self.rng.choice(self.published) for _ in a["nodes"]]
-            refs = [self.rng.choice((p.id, p.hash)) for p in targets]
-            keys = [self.rng.randbytes(20) for _ in a["nodes"]]
+            targets = [rng.choice(published) for _ in a["nodes"]]
+            refs = [rng.choice((p.id, p.hash)) for p in targets]
+            keys = [rng.randbytes(20) for _ in a["nodes"]]
             if action == "fetch":
                 calls = [c.call(n, "fetch", ref=r, expect=p.hash) for n, r, p in zip(a["nodes"], refs, targets)]
             else:
@@ -160,7 +174,7 @@ class Run:
                     self.record.add("lookup", result)
         elif action == "team":
             try:
-                await self.team(a["members"], a["k"], a["patterns"])
+                await self.team(a["members"], a["k"], a["patterns"], rng)
             except NodeGone:  # churn took a member or the creator during the ceremony
                 self.record.team = {**(self.record.team or {}), "interrupted": True}
         elif action in ("kill", "leave"):
@@ -176,7 +190,7 @@ class Run:
         elif action == "transport":
             await c.broadcast("transport", **a)
 
-    async def team(self, members: list[int], k: int, patterns: int) -> None:
+    async def team(self, members: list[int], k: int, patterns: int, rng: random.Random) -> None:
         """A key ceremony among ``members`` (the first creates the team), K of them unlocking, and private traffic.
 
         The creator publishes ``patterns`` team patterns; every member that unlocked
@@ -201,12 +215,12 @@ class Run:
         for _ in range(patterns):
             self._next_team += 1
             result = await c.call(creator, "team_publish", team_id=team_id,
-                                  data=synthetic_pattern(self.rng, self._next_team, kind="TEAM"))
+                                  data=synthetic_pattern(rng, self._next_team, kind="TEAM"))
             record.add("team publish", result)
             hashes.append(result["hash"])
         outsiders = [i for i in c.alive if i not in members]
         fetches = [c.call(m, "fetch", ref=h, expect=h) for m in unlocked for h in hashes]
-        tries = [c.call(self.rng.choice(outsiders), "fetch", ref=h, expect=h) for h in hashes] if outsiders else []
+        tries = [c.call(rng.choice(outsiders), "fetch", ref=h, expect=h) for h in hashes] if outsiders else []
         for result in await self._bounded(fetches):
             record.add("team fetch", result)
         read = [r for r in await self._bounded(tries) if not r.get("gone")]
@@ -228,9 +242,11 @@ class Run:
             await self.count_replicas(time.monotonic() - t0)
 
     async def count_replicas(self, t: float) -> None:
-        if not self.published:
+        """Holders of every pattern whose publish step is over."""
+        keys = [E.pattern_key(p.hash) for n, done in self._published_events.items() if done.is_set()
+                for p in self.publishing[n]]
+        if not keys:
             return
-        keys = [E.pattern_key(p.hash) for p in self.published]
         per_worker = await self.cluster.broadcast("holders", keys=keys)
         held = [sum(counts) for counts in zip(*per_worker)]
         self.record.replicas.append({"t": round(t, 1), "alive": len(self.cluster.alive), "min": min(held),
@@ -277,7 +293,7 @@ async def run_scenario(scenario: Scenario, *, nodes: int | None = None, seed: in
                 else:
                     run.record.late = max(run.record.late, -wait)
                 # Steps overlap as they would in the world: a slow fetch does not hold back the churn.
-                running.append(asyncio.ensure_future(run.step(step)))
+                running.append(asyncio.ensure_future(run.step(step, number)))
                 if step.action in ("publish", "fetch", "search", "team") or number == len(timeline):
                     say(f"  t={step.at:.1f}s {step.action} ({len(cluster.alive)} nodes alive)")
             try:
