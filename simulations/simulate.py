@@ -84,9 +84,8 @@ class Record:
 
 
 class Run:
-    def __init__(self, scenario: Scenario, cluster: Cluster, seed: int, say: Callable[[str], Any]):
-        self.scenario, self.cluster, self.say = scenario, cluster, say
-        self.seed = seed
+    def __init__(self, scenario: Scenario, cluster: Cluster, seed: int):
+        self.cluster, self.seed = cluster, seed
         self.rng = random.Random(seed)
         self.record = Record()
         self.devices = scenario.devices(seed)
@@ -276,7 +275,7 @@ async def run_scenario(scenario: Scenario, *, nodes: int | None = None, seed: in
     seed = scenario.seed if seed is None else seed
     with tempfile.TemporaryDirectory(prefix="aether-sim-", dir=root) as tmp:
         async with Cluster(Path(tmp), workers, seed=seed, config=SIM_CONFIG) as cluster:
-            run = Run(scenario, cluster, seed, say)
+            run = Run(scenario, cluster, seed)
             started = time.monotonic()
             say(f"starting {scenario.nodes} nodes in {cluster.count} worker processes ...")
             await cluster.grow(scenario.nodes, each=run.settings)
