@@ -7,6 +7,15 @@ immediately makes room for the next-closest unasked peer. The lookup ends
 when the k closest peers it knows of have all answered (Kademlia's
 termination rule), when a valid block is found, or when nobody is left to ask.
 
+A dead peer would still hold its slot until its timeout (0.2 s at least, and
+seconds for a peer whose estimate is old). So a request unanswered after the
+much shorter :meth:`~aether.node.rtt.RttEstimator.prompt_for` *stalls*: it no
+longer counts against α, the lookup asks the next peer, and a late reply is
+still used (BitTorrent's DHT in libtorrent widens its lookups on a "short
+timeout" the same way). A stalled peer is left out of the k closest the
+lookup must hear from, and at most 2α requests are stalled at once, so a
+lookup never has more than 3α out.
+
 Values returned by peers are checked (:func:`aether.node.values.check_value`)
 before use; a peer returning a bad value is counted as a liar and its answer
 ignored. For records the lookup keeps going and returns the highest sequence
@@ -31,7 +40,7 @@ from aether.node.values import Block, Entries, Entry, Record, ValueRejected, che
 if TYPE_CHECKING:
     from aether.node.protocol import AetherProtocol, FindReply
 
-_NEW, _ASKED, _ANSWERED, _FAILED = range(4)
+_NEW, _ASKED, _STALLED, _ANSWERED, _FAILED = range(5)
 MAX_REFILLS = 3
 
 
@@ -59,6 +68,8 @@ class LookupResult:
     """Holders that have more entries than one page, with where their next page starts."""
     messages: int = 0
     failures: int = 0
+    stalls: int = 0
+    """Requests that went unanswered past the prompt time, so the lookup asked further without waiting."""
     rejected: int = 0
     hops: int = 0
     seconds: float = 0.0
@@ -70,6 +81,7 @@ class _Entry:
     distance: int
     depth: int
     state: int = _NEW
+    prompt: asyncio.TimerHandle | None = None
 
 
 class Lookup:
@@ -108,19 +120,27 @@ class Lookup:
         elif depth < entry.depth and entry.state == _NEW:
             entry.depth = depth
 
-    def _closest_live(self) -> list[_Entry]:
-        live = [e for e in self.entries.values() if e.state != _FAILED]
+    def _live(self) -> list[_Entry]:
+        """Peers that may still answer in time (neither failed nor stalled), nearest first."""
+        live = [e for e in self.entries.values() if e.state != _FAILED and e.state != _STALLED]
         live.sort(key=lambda e: e.distance)
-        return live[: self.k]
+        return live
+
+    def _closest_live(self) -> list[_Entry]:
+        return self._live()[: self.k]
 
     async def run(self) -> LookupResult:
         loop = asyncio.get_running_loop()
         started = loop.time()  # the loop's clock: the same as time.monotonic, or simulated time in the model
         self._done = loop.create_future()
         self._in_flight = 0
+        self._stalled = 0
         self._refills = 0
         self._pump()
         await self._done
+        for entry in self.entries.values():
+            if entry.prompt is not None:
+                entry.prompt.cancel()
         self._finish()
         self.result.seconds = loop.time() - started
         return self.result
@@ -138,14 +158,29 @@ class Lookup:
                 self._in_flight += 1
                 request = self.protocol.request_find(entry.node, self.target, self.want_value)
                 request.add_done_callback(functools.partial(self._on_reply, entry))
+                wait = self.protocol.rtt.prompt_for((entry.node.ip, entry.node.port))
+                entry.prompt = asyncio.get_running_loop().call_later(wait, self._stall, entry)
         if self._in_flight == 0:
             if self._refill():
                 self._pump()
-            else:
+            elif not self._stalled or len(self._closest_live()) >= self.k:
+                # The k closest that may answer in time have answered (or nobody is left):
+                # done, without waiting for stalled peers, which are probably gone.
                 self._done.set_result(None)
 
+    def _stall(self, entry: _Entry) -> None:
+        """No reply yet after the prompt time: free the slot and ask the next peer; a late reply still counts."""
+        entry.prompt = None
+        if self._done.done() or entry.state != _ASKED or self._stalled >= 2 * self.alpha:
+            return
+        entry.state = _STALLED
+        self._in_flight -= 1
+        self._stalled += 1
+        self.result.stalls += 1
+        self._pump()
+
     def _refill(self) -> bool:
-        """When fewer than k peers answered and some failed, seed again from the routing table.
+        """When fewer than k peers answered and some failed or stalled, seed again from the routing table.
 
         The first seeds are the k closest contacts we had; after churn they may
         all be gone (and now dropped from the table), while contacts a little
@@ -154,7 +189,7 @@ class Lookup:
         MAX_REFILLS times.
         """
         states = [e.state for e in self.entries.values()]
-        if self._refills >= MAX_REFILLS or _FAILED not in states or states.count(_ANSWERED) >= self.k:
+        if self._refills >= MAX_REFILLS or states.count(_ANSWERED) >= self.k or not ({_FAILED, _STALLED} & set(states)):
             return False
         self._refills += 1
         wanted = self.k + len(self.entries)
@@ -166,7 +201,13 @@ class Lookup:
     def _on_reply(self, entry: _Entry, request: asyncio.Future) -> None:
         # Replies are handled in the future's callback, not in a task per
         # request: fewer trips through the event loop per hop.
-        self._in_flight -= 1
+        if entry.prompt is not None:
+            entry.prompt.cancel()
+            entry.prompt = None
+        if entry.state == _STALLED:
+            self._stalled -= 1
+        else:
+            self._in_flight -= 1
         try:
             reply = self.protocol.find_reply(entry.node, request.result())
             if self._done.done():
@@ -224,8 +265,7 @@ class Lookup:
         self.result.closest = [e.node for e in answered[: self.k]]
         self.result.candidates = [e.node for e in self._closest_live()]
         closest = {n.id for n in self.result.closest}
-        live = sorted((e for e in self.entries.values() if e.state != _FAILED), key=lambda e: e.distance)
-        self.result.beyond = [e.node for e in live if e.node.id not in closest][: self.k]
+        self.result.beyond = [e.node for e in self._live() if e.node.id not in closest][: self.k]
         if not self.result.hops and answered:
             self.result.hops = max(e.depth for e in answered[: self.k])
         self.result.without_value.sort(key=lambda n: n.long_id ^ self.target_long)

@@ -220,7 +220,7 @@ class AetherProtocol(KademliaProtocol):
         del self._outstanding[msg_id]
         self._graced.discard(msg_id)
         self.stats["timeouts"] += 1
-        self.rtt.backoff(peer)
+        self.rtt.backoff(peer, loop.time())
         self._timed_out[msg_id] = (peer, sent_at)
         while len(self._timed_out) > MAX_REMEMBERED_TIMEOUTS:
             self._timed_out.popitem(last=False)

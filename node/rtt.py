@@ -6,6 +6,12 @@ We keep, per peer, the smoothed RTT and its variation as TCP does (RFC 6298)
 and wait ``srtt + 4 * rttvar``, bounded. Peers never measured use the
 estimate over all peers, so a new contact gets a timeout fitted to the network
 we are actually on.
+
+A lookup does not wait a whole timeout before it moves on:
+:meth:`RttEstimator.prompt_for` is the much shorter time after which an
+unanswered peer is *probably* gone, judged from the round trips of all peers
+right now, and the lookup then asks the next peer as well (see
+:mod:`aether.node.lookup`).
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ from dataclasses import dataclass
 ALPHA = 1 / 8
 BETA = 1 / 4
 
+PROMPT_MIN = 0.02
+"""The shortest wait before a lookup asks another peer beside a silent one.
+
+A late reply is still accepted, so a short wait costs one extra request, never
+an answer; 20 ms is many loopback or LAN round trips, and the estimate over
+all peers raises it on slower networks or a busy machine.
+"""
+
 
 @dataclass
 class _Estimate:
     srtt: float
     rttvar: float
     rto: float
+    backed_off_at: float = float("-inf")
 
 
 class RttEstimator:
@@ -40,6 +55,18 @@ class RttEstimator:
         est = self._peers.get(peer) or self._overall
         return est.rto if est else self.initial
 
+    def prompt_for(self, peer: tuple[str, int]) -> float:
+        """Seconds after which a silent peer is probably gone: a lookup then asks the next one too.
+
+        This follows the round trips of all peers as they are now (the estimate
+        every reply feeds), not this peer's own, which may be old: a peer asked
+        once an hour keeps the timeout it earned on a busy evening. Never longer
+        than the peer's own timeout, never shorter than :data:`PROMPT_MIN`.
+        """
+        overall = self._overall
+        recent = overall.srtt + 4 * overall.rttvar if overall else self.initial
+        return min(self.timeout_for(peer), max(PROMPT_MIN, recent))
+
     def srtt(self, peer: tuple[str, int]) -> float | None:
         """The smoothed round trip to this peer in seconds, or None if it never answered a request.
 
@@ -56,11 +83,19 @@ class RttEstimator:
         while len(self._peers) > self._max_peers:
             self._peers.popitem(last=False)
 
-    def backoff(self, peer: tuple[str, int]) -> None:
-        """A timeout: double the peer's wait, as RFC 6298 asks, up to the maximum."""
+    def backoff(self, peer: tuple[str, int], now: float) -> None:
+        """A timeout: double the peer's wait, as RFC 6298 asks, up to the maximum.
+
+        Requests that were out together and time out together are one silence
+        and double the wait once: RFC 6298 backs off per expiry of its one
+        timer, and a node with several requests out to a peer would otherwise
+        jump from 0.2 s to the 5 s maximum in one burst. ``now`` is on the
+        clock that times requests out.
+        """
         est = self._peers.get(peer)
-        if est is not None:
+        if est is not None and now - est.backed_off_at >= est.rto / 2:
             est.rto = min(self.maximum, est.rto * 2)
+            est.backed_off_at = now
 
     def _update(self, est: _Estimate | None, rtt: float) -> _Estimate:
         if est is None:

@@ -7,12 +7,10 @@ import random
 
 import pytest
 import pytest_asyncio
-from kademlia.node import Node
 
 from aether.crypto.records import create_record
 from aether.node.values import block_key
 from aether.simulations.network import address_of, local_network
-from aether.storage.store import BLOCK
 
 from .conftest import QUIET
 
@@ -102,21 +100,3 @@ async def test_a_fetching_node_keeps_and_serves_a_cached_copy(network):
     assert held.role == "cache" and held.expires is not None
     ok, body = await third.protocol.find_value(address_of(fetcher), third.node.id, report.key)
     assert ok and body == {"value": b"worth caching"}
-
-
-async def test_a_lookup_whose_nearest_contacts_are_all_gone_asks_the_next_ones(tmp_path):
-    """Churn can take every contact a lookup starts from; the contacts behind them still know the way."""
-    config = QUIET.replace(ksize=3, rpc_timeout_initial=1.0, rpc_timeout_max=1.0, stale_after_failures=1)
-    async with local_network(tmp_path / "net", 12, config, seed=4) as nodes:
-        reader = nodes[0]
-        data = b"found past the gone"
-        key = block_key(data)
-        seeds = reader.protocol.router.find_neighbors(Node(key), k=config.ksize)
-        gone = [n for n in nodes if n.node.id in {s.id for s in seeds}]
-        assert len(gone) == config.ksize
-        for node in gone:
-            node.stop()
-        alive = [n for n in nodes[1:] if n not in gone]
-        holder = min(alive, key=lambda n: n.node.long_id ^ int.from_bytes(key, "big"))
-        holder.store.put(key, data, kind=BLOCK, role="replica")
-        assert await reader.get_block(key) == data

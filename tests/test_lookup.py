@@ -1,0 +1,84 @@
+"""Lookups go past contacts that churn took, without waiting out their timeouts; timeouts back off once per silence."""
+
+from __future__ import annotations
+
+import pytest
+from kademlia.node import Node
+
+from aether.node.rtt import PROMPT_MIN, RttEstimator
+from aether.node.server import AetherNode
+from aether.node.values import Block, block_key
+from aether.simulations.network import local_network
+from aether.storage.store import BLOCK
+
+from .conftest import QUIET
+
+PEER = ("127.0.0.1", 4000)
+OTHER = ("127.0.0.1", 4001)
+
+
+def test_timeouts_that_come_together_back_off_once():
+    rtt = RttEstimator(initial=1.0, minimum=0.2, maximum=5.0)
+    rtt.observe(PEER, 0.001)
+    first = rtt.timeout_for(PEER)
+    for _ in range(5):  # five requests out at once, all unanswered
+        rtt.backoff(PEER, now=100.0)
+    assert rtt.timeout_for(PEER) == 2 * first
+    rtt.backoff(PEER, now=100.0 + 2 * first)  # a later silence doubles again
+    assert rtt.timeout_for(PEER) == 4 * first
+
+
+def test_the_prompt_follows_the_round_trips_of_all_peers_not_one_peers_old_estimate():
+    rtt = RttEstimator(initial=1.0, minimum=0.2, maximum=5.0)
+    assert rtt.prompt_for(PEER) == 1.0  # nothing measured yet: no shorter than the timeout itself
+    rtt.observe(PEER, 2.0)  # learned while something was slow
+    for _ in range(200):
+        rtt.observe(OTHER, 0.001)  # the network now answers in a millisecond
+    assert rtt.timeout_for(PEER) > 1.0
+    assert rtt.prompt_for(PEER) == PROMPT_MIN
+    slow = RttEstimator(initial=1.0, minimum=0.2, maximum=5.0)
+    for _ in range(50):
+        slow.observe(OTHER, 0.3)
+    assert 0.3 <= slow.prompt_for(PEER) <= slow.timeout_for(PEER)
+
+
+def silence_nearest(nodes: list[AetherNode], reader: AetherNode, key: bytes, k: int, *, abruptly: bool) -> list[AetherNode]:
+    """Take away the k contacts a lookup of ``key`` from ``reader`` starts from; the nodes left."""
+    seeds = {s.id for s in reader.protocol.router.find_neighbors(Node(key), k=k)}
+    gone = [n for n in nodes if n.node.id in seeds]
+    assert len(gone) == k
+    for node in gone:
+        node.halt() if abruptly else node.stop()
+    return [n for n in nodes if n is not reader and n not in gone]
+
+
+@pytest.mark.asyncio
+async def test_a_lookup_whose_nearest_contacts_are_all_gone_asks_the_next_ones(tmp_path):
+    """Churn can take every contact a lookup starts from; the contacts behind them still know the way."""
+    config = QUIET.replace(ksize=3, rpc_timeout_initial=1.0, rpc_timeout_max=1.0, stale_after_failures=1)
+    async with local_network(tmp_path / "net", 12, config, seed=4) as nodes:
+        reader = nodes[0]
+        data = b"found past the gone"
+        key = block_key(data)
+        alive = silence_nearest(nodes, reader, key, config.ksize, abruptly=False)
+        holder = min(alive, key=lambda n: n.node.long_id ^ int.from_bytes(key, "big"))
+        holder.store.put(key, data, kind=BLOCK, role="replica")
+        assert await reader.get_block(key) == data
+
+
+@pytest.mark.asyncio
+async def test_a_lookup_finds_a_value_past_silent_peers_before_any_of_their_timeouts(tmp_path):
+    """The nearest contacts are gone and each would take 5 s to time out; the value is found before any does."""
+    config = QUIET.replace(ksize=4, rpc_timeout_initial=5.0, rpc_timeout_min=5.0, rpc_timeout_max=5.0)
+    async with local_network(tmp_path / "net", 14, config, seed=3) as nodes:
+        reader = nodes[0]
+        await reader.lookup(bytes(20))  # the reader's own round trips: the first node joined no one
+        data = b"behind the silent ones"
+        key = block_key(data)
+        for node in silence_nearest(nodes, reader, key, config.ksize, abruptly=True):
+            node.store.put(key, data, kind=BLOCK, role="replica")
+        timeouts_before = reader.protocol.stats["timeouts"]
+        result = await reader.lookup(key, want_value=True)
+        assert isinstance(result.value, Block) and result.value.data == data
+        assert result.stalls >= 1
+        assert reader.protocol.stats["timeouts"] == timeouts_before  # no 5 s timeout had fired yet
