@@ -16,18 +16,23 @@ right now, and the lookup then asks the next peer as well (see
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 ALPHA = 1 / 8
 BETA = 1 / 4
 
+PROMPT_FACTOR = 8
+"""A peer silent for this many times the fastest recent round trip is probably gone."""
+
+RECENT_SAMPLES = 64
+"""Round trips (to any peer) whose fastest sets the prompt."""
+
 PROMPT_MIN = 0.02
 """The shortest wait before a lookup asks another peer beside a silent one.
 
 A late reply is still accepted, so a short wait costs one extra request, never
-an answer; 20 ms is many loopback or LAN round trips, and the estimate over
-all peers raises it on slower networks or a busy machine.
+an answer; 20 ms is many loopback or LAN round trips.
 """
 
 
@@ -49,6 +54,7 @@ class RttEstimator:
         self._max_peers = max_peers
         self._peers: OrderedDict[tuple[str, int], _Estimate] = OrderedDict()
         self._overall: _Estimate | None = None
+        self._recent: deque[float] = deque(maxlen=RECENT_SAMPLES)
 
     def timeout_for(self, peer: tuple[str, int]) -> float:
         """Seconds to wait for this peer's reply."""
@@ -58,14 +64,19 @@ class RttEstimator:
     def prompt_for(self, peer: tuple[str, int]) -> float:
         """Seconds after which a silent peer is probably gone: a lookup then asks the next one too.
 
-        This follows the round trips of all peers as they are now (the estimate
-        every reply feeds), not this peer's own, which may be old: a peer asked
-        once an hour keeps the timeout it earned on a busy evening. Never longer
-        than the peer's own timeout, never shorter than :data:`PROMPT_MIN`.
+        :data:`PROMPT_FACTOR` times the fastest of the last
+        :data:`RECENT_SAMPLES` round trips to any peer, not this peer's own
+        estimate nor the smoothed one over all peers: both keep what they
+        learned while this machine or its network was busy (a peer asked once
+        an hour keeps the timeout it earned on a busy evening), while the
+        fastest recent round trip still shows what the path can do. Never
+        longer than the peer's own timeout, never shorter than
+        :data:`PROMPT_MIN`. On a network whose peers are far apart in round
+        trip this sends a few more requests (a far peer is asked beside,
+        never instead of, and its late reply counts), not slower lookups.
         """
-        overall = self._overall
-        recent = overall.srtt + 4 * overall.rttvar if overall else self.initial
-        return min(self.timeout_for(peer), max(PROMPT_MIN, recent))
+        quick = PROMPT_FACTOR * min(self._recent) if self._recent else self.initial
+        return min(self.timeout_for(peer), max(PROMPT_MIN, quick))
 
     def srtt(self, peer: tuple[str, int]) -> float | None:
         """The smoothed round trip to this peer in seconds, or None if it never answered a request.
@@ -78,6 +89,7 @@ class RttEstimator:
     def observe(self, peer: tuple[str, int], rtt: float) -> None:
         """Feed one measured round trip (a reply to a request sent once)."""
         self._overall = self._update(self._overall, rtt)
+        self._recent.append(rtt)
         est = self._update(self._peers.pop(peer, None), rtt)
         self._peers[peer] = est
         while len(self._peers) > self._max_peers:

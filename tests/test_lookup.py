@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kademlia.node import Node
 
-from aether.node.rtt import PROMPT_MIN, RttEstimator
+from aether.node.rtt import PROMPT_FACTOR, PROMPT_MIN, RECENT_SAMPLES, RttEstimator
 from aether.node.server import AetherNode
 from aether.node.values import Block, block_key
 from aether.simulations.network import local_network
@@ -15,6 +15,7 @@ from .conftest import QUIET
 
 PEER = ("127.0.0.1", 4000)
 OTHER = ("127.0.0.1", 4001)
+NEW = ("127.0.0.1", 4002)
 
 
 def test_timeouts_that_come_together_back_off_once():
@@ -28,18 +29,21 @@ def test_timeouts_that_come_together_back_off_once():
     assert rtt.timeout_for(PEER) == 4 * first
 
 
-def test_the_prompt_follows_the_round_trips_of_all_peers_not_one_peers_old_estimate():
+def test_the_prompt_follows_the_fastest_recent_round_trip_not_estimates_learned_while_busy():
     rtt = RttEstimator(initial=1.0, minimum=0.2, maximum=5.0)
     assert rtt.prompt_for(PEER) == 1.0  # nothing measured yet: no shorter than the timeout itself
-    rtt.observe(PEER, 2.0)  # learned while something was slow
-    for _ in range(200):
-        rtt.observe(OTHER, 0.001)  # the network now answers in a millisecond
-    assert rtt.timeout_for(PEER) > 1.0
+    for _ in range(40):
+        rtt.observe(PEER, 2.0)  # learned while this machine was busy
+    rtt.observe(OTHER, 0.001)  # one quick round trip shows what the path can do
+    assert rtt.timeout_for(PEER) > 1.0 and rtt.timeout_for(NEW) > 1.0  # the smoothed estimates still remember
     assert rtt.prompt_for(PEER) == PROMPT_MIN
+    for _ in range(RECENT_SAMPLES):
+        rtt.observe(OTHER, 0.01)  # the quick sample has aged out of the window
+    assert rtt.prompt_for(PEER) == pytest.approx(PROMPT_FACTOR * 0.01)
     slow = RttEstimator(initial=1.0, minimum=0.2, maximum=5.0)
     for _ in range(50):
         slow.observe(OTHER, 0.3)
-    assert 0.3 <= slow.prompt_for(PEER) <= slow.timeout_for(PEER)
+    assert slow.prompt_for(PEER) == slow.timeout_for(PEER) < PROMPT_FACTOR * 0.3  # never past the peer's timeout
 
 
 def silence_nearest(nodes: list[AetherNode], reader: AetherNode, key: bytes, k: int, *, abruptly: bool) -> list[AetherNode]:
