@@ -13,8 +13,9 @@ much shorter :meth:`~aether.node.rtt.RttEstimator.prompt_for` *stalls*: it no
 longer counts against α, the lookup asks the next peer, and a late reply is
 still used (BitTorrent's DHT in libtorrent widens its lookups on a "short
 timeout" the same way). A stalled peer is left out of the k closest the
-lookup must hear from, and at most 2α requests are stalled at once, so a
-lookup never has more than 3α out.
+lookup must hear from, unless the lookup seeks a value and has found none:
+then it waits for its stalled peers (a slow holder) before giving up. At most
+2α requests are stalled at once, so a lookup never has more than 3α out.
 
 Values returned by peers are checked (:func:`aether.node.values.check_value`)
 before use; a peer returning a bad value is counted as a liar and its answer
@@ -163,10 +164,14 @@ class Lookup:
         if self._in_flight == 0:
             if self._refill():
                 self._pump()
-            elif not self._stalled or len(self._closest_live()) >= self.k:
+            elif not self._stalled or (len(self._closest_live()) >= self.k and self._found_enough()):
                 # The k closest that may answer in time have answered (or nobody is left):
                 # done, without waiting for stalled peers, which are probably gone.
                 self._done.set_result(None)
+
+    def _found_enough(self) -> bool:
+        """Whether the lookup may end without its stalled peers: one that seeks a value and has none waits for them."""
+        return not self.want_value or bool(self._records or self._entries)
 
     def _stall(self, entry: _Entry) -> None:
         """No reply yet after the prompt time: free the slot and ask the next peer; a late reply still counts."""

@@ -8,6 +8,7 @@ from kademlia.node import Node
 from aether.node.rtt import PROMPT_FACTOR, PROMPT_MIN, RECENT_SAMPLES, RttEstimator
 from aether.node.server import AetherNode
 from aether.node.values import Block, block_key
+from aether.simulations.faults import Faults, inject
 from aether.simulations.network import local_network
 from aether.storage.store import BLOCK
 
@@ -86,3 +87,20 @@ async def test_a_lookup_finds_a_value_past_silent_peers_before_any_of_their_time
         assert isinstance(result.value, Block) and result.value.data == data
         assert result.stalls >= 1
         assert reader.protocol.stats["timeouts"] == timeouts_before  # no 5 s timeout had fired yet
+
+
+@pytest.mark.asyncio
+async def test_a_lookup_for_a_value_waits_for_a_slow_holder_rather_than_end_without_it(tmp_path):
+    """The only holder answers after the prompt time: the others answering first must not end the lookup empty."""
+    config = QUIET.replace(ksize=4, rpc_timeout_initial=5.0, rpc_timeout_min=5.0, rpc_timeout_max=5.0)
+    async with local_network(tmp_path / "net", 12, config, seed=5) as nodes:
+        reader = nodes[0]
+        await reader.lookup(bytes(20))
+        data = b"held by a slow node only"
+        key = block_key(data)
+        holder = min(nodes[1:], key=lambda n: n.node.long_id ^ int.from_bytes(key, "big"))
+        holder.store.put(key, data, kind=BLOCK, role="replica")
+        inject(holder, Faults(latency_ms=300))  # its replies leave 300 ms late: well past the prompt
+        result = await reader.lookup(key, want_value=True)
+        assert result.stalls >= 1
+        assert isinstance(result.value, Block) and result.value.data == data
