@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -150,8 +151,11 @@ def simulate(obj: Context, scenario: str, nodes: int | None, seed: int | None, w
         plan = load(scenario)
     except ScenarioError as exc:
         raise click.ClickException(str(exc)) from None
-    progress = (lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None
-    report = asyncio.run(run_scenario(plan, nodes=nodes, seed=seed, workers=workers, progress=progress))
+    live = _LiveLine() if sys.stderr.isatty() else None
+    report = asyncio.run(run_scenario(plan, nodes=nodes, seed=seed, workers=workers,
+                                      progress=live.line if live else None, status=live.redraw if live else None))
+    if live:
+        live.clear()
     written = []
     if out:
         from aether.simulations.plots import PlotsUnavailable, write_plots
@@ -166,6 +170,20 @@ def simulate(obj: Context, scenario: str, nodes: int | None, seed: int | None, w
             click.echo(f"note: {exc}", err=True)
     text = render(report) + "".join(f"\n  wrote {path}" for path in written)
     obj.emit(report, text)
+
+
+class _LiveLine:
+    """A status line redrawn in place on a terminal, with stage lines printed above it."""
+
+    def redraw(self, text: str) -> None:
+        width = shutil.get_terminal_size().columns - 1
+        click.echo(f"\r\x1b[K{text[:width]}", nl=False, err=True)
+
+    def line(self, text: str) -> None:
+        click.echo(f"\r\x1b[K{text}", err=True)
+
+    def clear(self) -> None:
+        click.echo("\r\x1b[K", nl=False, err=True)
 
 
 # ---------------------------------------------------------------- patterns

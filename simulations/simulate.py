@@ -32,6 +32,8 @@ PARALLEL = 16
 QUOTA_SCALE = 0.001
 """Simulated quotas are the seed's smallest quota per device class times this, plus the store's fixed reserve,
 so that a simulated network of small patterns can fill its devices."""
+STATUS_EVERY = 0.5
+"""Seconds between two status lines while the scenario runs."""
 REPLICA_SAMPLES = 30
 """How many times over a run the replicas of every published pattern are counted."""
 SIM_CONFIG = {"ksize": 8}
@@ -265,10 +267,34 @@ class Run:
                 for cls, v in sorted(by_class.items())}
 
 
+def status_line(record: Record, elapsed: float, duration: float, alive: int) -> str:
+    """One line of how the run is going: its time, the nodes alive, each operation's count and successes."""
+    parts = [f"t={elapsed:5.1f}/{duration:.0f} s", f"{alive} nodes alive"]
+    for op, results in record.ops.items():
+        ok = sum(r["ok"] for r in results)
+        parts.append(f"{op} {ok}/{len(results)} ok")
+    interrupted = sum(record.interrupted.values())
+    if interrupted:
+        parts.append(f"{interrupted} interrupted")
+    return "  ".join(parts)
+
+
+async def _report_status(run: Run, t0: float, duration: float, status: Callable[[str], Any]) -> None:
+    while True:
+        status(status_line(run.record, time.monotonic() - t0, duration, len(run.cluster.alive)))
+        await asyncio.sleep(STATUS_EVERY)
+
+
 async def run_scenario(scenario: Scenario, *, nodes: int | None = None, seed: int | None = None,
                        workers: int | None = None, root: Path | None = None,
-                       progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
-    """Run ``scenario`` (its node count and seed unless given) and return the report."""
+                       progress: Callable[[str], Any] | None = None,
+                       status: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Run ``scenario`` (its node count and seed unless given) and return the report.
+
+    ``progress`` is told of each stage and step as a line; ``status`` gets a fresh
+    :func:`status_line` every ``STATUS_EVERY`` seconds while the steps run (a
+    terminal redraws it in place).
+    """
     say = progress or (lambda _: None)
     if nodes is not None:
         scenario = replace(scenario, nodes=nodes)
@@ -282,9 +308,11 @@ async def run_scenario(scenario: Scenario, *, nodes: int | None = None, seed: in
             join_s = time.monotonic() - started
             say(f"joined in {join_s:.1f} s; running {scenario.name} ...")
             timeline = scenario.timeline(seed)
-            sampler = asyncio.ensure_future(run.sample_replicas(REPLICA_SAMPLES, timeline[-1].at if timeline else 0))
+            duration = timeline[-1].at if timeline else 0
+            sampler = asyncio.ensure_future(run.sample_replicas(REPLICA_SAMPLES, duration))
             running: list[asyncio.Task] = []
             t0 = time.monotonic()
+            ticker = asyncio.ensure_future(_report_status(run, t0, duration, status)) if status else None
             for number, step in enumerate(timeline, start=1):
                 wait = t0 + step.at - time.monotonic()
                 if wait > 0:
@@ -299,6 +327,8 @@ async def run_scenario(scenario: Scenario, *, nodes: int | None = None, seed: in
                 await asyncio.gather(*running)
             finally:
                 sampler.cancel()
+                if ticker is not None:
+                    ticker.cancel()
             await run.count_replicas(time.monotonic() - t0)
             fill = await run.fill()
             return report(scenario, seed, cluster.count, join_s, run.record, fill)

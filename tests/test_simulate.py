@@ -9,6 +9,7 @@ real UDP sockets on loopback.
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 import random
 
@@ -74,9 +75,13 @@ count = 12
 
 def test_a_small_scenario_runs_on_real_nodes_and_reports_every_measure(tmp_path) -> None:
     scenario = parse(SMALL)
-    report = asyncio.run(asyncio.wait_for(run_scenario(scenario, workers=2, root=tmp_path), 300))
+    statuses: list[str] = []
+    report = asyncio.run(asyncio.wait_for(run_scenario(scenario, workers=2, root=tmp_path, status=statuses.append), 300))
     ops = report["operations"]
     assert {"publish", "fetch", "lookup", "search"} <= set(ops)
+    # The live status shows the run's time and, once they are done, the operations' successes.
+    assert statuses and all(re.match(r"t= *\d+\.\d/\d+ s  \d+ nodes alive", s) for s in statuses)
+    assert any("publish 6/6 ok" in s for s in statuses)
     assert ops["publish"]["count"] == 6 and ops["publish"]["success"] == 1.0
     assert ops["publish"]["replicas"]["p50"] >= 1
     assert ops["fetch"]["count"] + ops["fetch"].get("interrupted", 0) == 24
