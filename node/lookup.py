@@ -12,10 +12,9 @@ seconds for a peer whose estimate is old). So a request unanswered after the
 much shorter :meth:`~aether.node.rtt.RttEstimator.prompt_for` *stalls*: it no
 longer counts against α, the lookup asks the next peer, and a late reply is
 still used (BitTorrent's DHT in libtorrent widens its lookups on a "short
-timeout" the same way). A stalled peer is left out of the k closest the
-lookup must hear from, unless the lookup seeks a value and has found none:
-then it waits for its stalled peers (a slow holder) before giving up. At most
-2α requests are stalled at once, so a lookup never has more than 3α out.
+timeout" the same way). The lookup waits for a stalled peer only where its
+answer could change the result (see :meth:`Lookup._may_end`). At most 2α
+requests are stalled at once, so a lookup never has more than 3α out.
 
 Values returned by peers are checked (:func:`aether.node.values.check_value`)
 before use; a peer returning a bad value is counted as a liar and its answer
@@ -164,14 +163,27 @@ class Lookup:
         if self._in_flight == 0:
             if self._refill():
                 self._pump()
-            elif not self._stalled or (len(self._closest_live()) >= self.k and self._found_enough()):
-                # The k closest that may answer in time have answered (or nobody is left):
-                # done, without waiting for stalled peers, which are probably gone.
+            elif self._may_end():
                 self._done.set_result(None)
 
-    def _found_enough(self) -> bool:
-        """Whether the lookup may end without its stalled peers: one that seeks a value and has none waits for them."""
-        return not self.want_value or bool(self._records or self._entries)
+    def _may_end(self) -> bool:
+        """Whether the lookup, with nobody left to ask, may end without the stalled peers' answers.
+
+        They are probably gone, but a slow one may hold the value, or be one of
+        the k closest nodes, which a lookup for nodes (where to store) must
+        find. So a lookup for a value waits for them until it has found one,
+        and a lookup for nodes waits for those closer than the k-th that
+        answered; only stalled peers that cannot change the result are left.
+        """
+        if not self._stalled:
+            return True
+        live = self._closest_live()
+        if len(live) < self.k:
+            return False
+        if self.want_value:
+            return bool(self._records or self._entries)
+        farthest = live[-1].distance
+        return not any(e.state == _STALLED and e.distance < farthest for e in self.entries.values())
 
     def _stall(self, entry: _Entry) -> None:
         """No reply yet after the prompt time: free the slot and ask the next peer; a late reply still counts."""

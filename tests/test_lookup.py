@@ -17,6 +17,8 @@ from .conftest import QUIET
 PEER = ("127.0.0.1", 4000)
 OTHER = ("127.0.0.1", 4001)
 NEW = ("127.0.0.1", 4002)
+LONG_TIMEOUTS = QUIET.replace(ksize=4, rpc_timeout_initial=5.0, rpc_timeout_min=5.0, rpc_timeout_max=5.0)
+"""Timeouts far longer than any lookup here: a lookup that waits for one shows it."""
 
 
 def test_timeouts_that_come_together_back_off_once():
@@ -74,13 +76,12 @@ async def test_a_lookup_whose_nearest_contacts_are_all_gone_asks_the_next_ones(t
 @pytest.mark.asyncio
 async def test_a_lookup_finds_a_value_past_silent_peers_before_any_of_their_timeouts(tmp_path):
     """The nearest contacts are gone and each would take 5 s to time out; the value is found before any does."""
-    config = QUIET.replace(ksize=4, rpc_timeout_initial=5.0, rpc_timeout_min=5.0, rpc_timeout_max=5.0)
-    async with local_network(tmp_path / "net", 14, config, seed=3) as nodes:
+    async with local_network(tmp_path / "net", 14, LONG_TIMEOUTS, seed=3) as nodes:
         reader = nodes[0]
         await reader.lookup(bytes(20))  # the reader's own round trips: the first node joined no one
         data = b"behind the silent ones"
         key = block_key(data)
-        for node in silence_nearest(nodes, reader, key, config.ksize, abruptly=True):
+        for node in silence_nearest(nodes, reader, key, LONG_TIMEOUTS.ksize, abruptly=True):
             node.store.put(key, data, kind=BLOCK, role="replica")
         timeouts_before = reader.protocol.stats["timeouts"]
         result = await reader.lookup(key, want_value=True)
@@ -89,18 +90,33 @@ async def test_a_lookup_finds_a_value_past_silent_peers_before_any_of_their_time
         assert reader.protocol.stats["timeouts"] == timeouts_before  # no 5 s timeout had fired yet
 
 
+def slow_down_nearest(nodes: list[AetherNode], key: bytes) -> AetherNode:
+    """The node nearest ``key`` (the first node, the reader, aside), its replies now 300 ms late: past the prompt."""
+    nearest = min(nodes[1:], key=lambda n: n.node.long_id ^ int.from_bytes(key, "big"))
+    inject(nearest, Faults(latency_ms=300))
+    return nearest
+
+
 @pytest.mark.asyncio
 async def test_a_lookup_for_a_value_waits_for_a_slow_holder_rather_than_end_without_it(tmp_path):
     """The only holder answers after the prompt time: the others answering first must not end the lookup empty."""
-    config = QUIET.replace(ksize=4, rpc_timeout_initial=5.0, rpc_timeout_min=5.0, rpc_timeout_max=5.0)
-    async with local_network(tmp_path / "net", 12, config, seed=5) as nodes:
-        reader = nodes[0]
-        await reader.lookup(bytes(20))
+    async with local_network(tmp_path / "net", 12, LONG_TIMEOUTS, seed=5) as nodes:
+        await nodes[0].lookup(bytes(20))
         data = b"held by a slow node only"
         key = block_key(data)
-        holder = min(nodes[1:], key=lambda n: n.node.long_id ^ int.from_bytes(key, "big"))
-        holder.store.put(key, data, kind=BLOCK, role="replica")
-        inject(holder, Faults(latency_ms=300))  # its replies leave 300 ms late: well past the prompt
-        result = await reader.lookup(key, want_value=True)
+        slow_down_nearest(nodes, key).store.put(key, data, kind=BLOCK, role="replica")
+        result = await nodes[0].lookup(key, want_value=True)
         assert result.stalls >= 1
         assert isinstance(result.value, Block) and result.value.data == data
+
+
+@pytest.mark.asyncio
+async def test_a_lookup_for_nodes_still_finds_a_slow_node_among_the_closest(tmp_path):
+    """Where to store must be the k closest nodes, a slow one included; only stalls that cannot change that are left."""
+    async with local_network(tmp_path / "net", 12, LONG_TIMEOUTS, seed=6) as nodes:
+        await nodes[0].lookup(bytes(20))
+        key = block_key(b"a place in the key space")
+        nearest = slow_down_nearest(nodes, key)
+        result = await nodes[0].lookup(key)
+        assert result.stalls >= 1
+        assert result.closest[0].id == nearest.node.id
