@@ -1,0 +1,133 @@
+"""Faults a device meets: the wall clock jumping.
+
+Each test runs real daemons (subprocesses on loopback) on real SQLite homes and
+checks three things: a clear error or a recovery, no corruption
+(``PRAGMA integrity_check``), nothing acknowledged lost. Faults already covered
+elsewhere: a publish past the quota (tests/test_storage_daemon.py), a home that
+cannot be written and a port already taken (tests/test_daemon.py).
+Waits poll for a state, with a bound; no assert is about elapsed time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from aether.storage.store import BLOCK, RECORD, Store
+
+from .test_cli_patterns import (
+    TIMEOUT, Daemon, configure, init_homes, ok, pattern, publish_ok, write,
+)
+
+DAY = 24 * 3600.0
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db, timeout=TIMEOUT) as conn:
+        result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    conn.close()
+    return result
+
+
+def fetch_bytes(home: Path, ref: str) -> bytes:
+    return ok(home, "fetch", ref, binary=True).stdout
+
+
+def poll(check, what: str, timeout: float = TIMEOUT, step: float = 0.2):
+    """Until ``check()`` is truthy (its value), or fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            assert value, f"{what}: still {value!r} after {timeout} s"
+            return value
+        time.sleep(step)
+
+
+# ---------------------------------------------------------------- the wall clock jumps
+def _fill(store: Store, now: float) -> dict[str, bytes]:
+    """One row of each kind a node holds, stored at ``now`` with the lifetimes the node gives them."""
+    keys = {name: bytes([i]) * 20 for i, name in enumerate(
+        ("own block", "own record", "pinned block", "replica block", "cache block", "replica record"), 1)}
+    store.put(keys["own block"], b"own block", kind=BLOCK, role="own", pinned=True, now=now)
+    store.put(keys["own record"], b"own record", kind=RECORD, seq=1, role="own", pinned=True,
+              expires=now + 7 * DAY, now=now)
+    store.put(keys["pinned block"], b"pinned block", kind=BLOCK, role="cache", pinned=True, now=now)
+    store.put(keys["replica block"], b"replica block", kind=BLOCK, role="replica", expires=now + 2 * DAY, now=now)
+    store.put(keys["cache block"], b"cache block", kind=BLOCK, role="cache", expires=now + 3600, now=now)
+    store.put(keys["replica record"], b"replica record", kind=RECORD, seq=1, role="replica",
+              expires=now + 7 * DAY, now=now)
+    store.put_entry(b"\x10" * 20, b"me", b"head", b"own entry", seq=1, expires=now + 7 * DAY, role="own",
+                    pinned=True, now=now)
+    store.put_entry(b"\x10" * 20, b"peer", b"head", b"replica entry", seq=1, expires=now + 7 * DAY,
+                    role="replica", now=now)
+    return keys
+
+
+@pytest.mark.parametrize("jump_days", [-3, 10, 400], ids=["back-3-days", "forward-10-days", "forward-400-days"])
+def test_a_clock_jump_never_expires_own_or_pinned_data(tmp_path: Path, jump_days: int) -> None:
+    """Expiry runs on the wall clock; after a jump, replicas and cached copies may go, own and pinned data never.
+
+    Own records and entries carry an expiry (their signature's lifetime), yet
+    they are the only copy of what this node published: the node re-signs them
+    (tests below), so the store must not drop them however far the clock moves.
+    """
+    t0 = 1_800_000_000.0
+    with Store(tmp_path / "node.db") as store:
+        keys = _fill(store, t0)
+        later = t0 + jump_days * DAY
+        store.drop_expired(now=later)
+        store.make_room(10**9, 10**9, near=b"\0" * 20, now=later)  # evicts nothing but the expired
+        store.put_entry(b"\x10" * 20, b"other", b"head", b"a newcomer", seq=1, expires=later + DAY, role="replica",
+                        now=later)
+        held = {name: store.get(key, touch=False) for name, key in keys.items()}
+        for name in ("own block", "own record", "pinned block"):
+            assert held[name] is not None, f"{name} lost after a jump of {jump_days} days"
+        assert store.entry(b"\x10" * 20, b"me", b"head") is not None, "own entry lost"
+        expired = jump_days * DAY >= 2 * DAY
+        assert (held["replica block"] is None) == expired
+        assert (held["cache block"] is None) == (jump_days * DAY >= 3600)
+        assert (held["replica record"] is None) == (jump_days * DAY >= 7 * DAY)
+        assert (store.entry(b"\x10" * 20, b"peer", b"head") is None) == (jump_days * DAY >= 7 * DAY)
+    assert integrity(tmp_path / "node.db") == "ok"
+
+
+def test_own_patterns_outlive_their_records_expiry_and_are_re_signed(tmp_path: Path) -> None:
+    """A daemon whose clock has passed its own records' expiry, as after a week off or a jump forward.
+
+    The record lifetime is set to 2 s so that the real clock passes it within
+    the test; the expiry job runs every 0.5 s. The daemon must keep the pattern
+    and re-sign its records with a later expiry, so that it still fetches.
+    """
+    home, src = tmp_path / "home", tmp_path / "src"
+    init_homes(home)
+    configure(home, node={"record_ttl": 2, "expire_interval": 0.5})
+    path = write(src, "own.md", pattern("Pattern-CLOCK-001", "Kept past its records' expiry"))
+    daemon = Daemon(home)
+    try:
+        daemon.wait_ready()
+        published = publish_ok(home, path)
+        first = _own_entries(home)
+        assert first, "the publish stored no own entry"
+        first_expiry = max(expires for _, expires in first.values())
+        poll(lambda: time.time() > first_expiry + 0.1, "the wall clock to pass the own records' expiry")
+        renewed = poll(lambda: (rows := _own_entries(home)) and min(e for _, e in rows.values()) > first_expiry
+                       and rows, "own entries re-signed past their first expiry")
+        assert set(renewed) == set(first), "an own entry was dropped"
+        assert all(renewed[k][0] > first[k][0] for k in first), "re-signed entries carry a higher seq"
+        assert fetch_bytes(home, published[str(path)]) == path.read_bytes()
+        assert fetch_bytes(home, "Pattern-CLOCK-001") == path.read_bytes()
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    assert integrity(home / "node.db") == "ok"
+
+
+def _own_entries(home: Path) -> dict[tuple[bytes, bytes, bytes], tuple[int, float]]:
+    """(key, author, name) -> (seq, expires) of the home's own entries, read beside the running daemon."""
+    with sqlite3.connect(f"file:{home / 'node.db'}?mode=ro", uri=True, timeout=TIMEOUT) as conn:
+        rows = conn.execute("SELECT key, author, name, seq, expires FROM entries WHERE role = 'own'").fetchall()
+    conn.close()
+    return {(k, a, n): (s, e) for k, a, n, s, e in rows}
