@@ -576,6 +576,13 @@ class Store:
             return StoreError(f"{self.path}: not an aether database or corrupt ({e})")
         if name == "SQLITE_CANTOPEN" or "unable to open" in text:
             return StoreError(f"{self.path}: cannot open database ({e})")
+        # A full disk is SQLITE_FULL; a file-size limit (EFBIG) or a failing disk is
+        # an I/O error. Either way the transaction was rolled back: nothing held is lost.
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return StoreError(f"{self.path}: the disk is full; nothing was written ({e})")
+        if name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
+            return StoreError(f"{self.path}: cannot write the database: is the disk full or failing? "
+                              f"Nothing was written ({e})")
         return StoreError(f"{self.path}: database error ({e})")
 
     def _db(self) -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""Faults a device meets: the wall clock jumping.
+"""Faults a device meets: a full disk, the wall clock jumping.
 
 Each test runs real daemons (subprocesses on loopback) on real SQLite homes and
 checks three things: a clear error or a recovery, no corruption
@@ -10,6 +10,7 @@ Waits poll for a state, with a bound; no assert is about elapsed time.
 
 from __future__ import annotations
 
+import resource
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from aether.storage.store import BLOCK, RECORD, Store
 
 from .test_cli_patterns import (
-    TIMEOUT, Daemon, configure, init_homes, ok, pattern, publish_ok, write,
+    TIMEOUT, Daemon, configure, init_homes, ok, pattern, publish_ok, run, sha, write,
 )
 
 DAY = 24 * 3600.0
@@ -45,6 +46,55 @@ def poll(check, what: str, timeout: float = TIMEOUT, step: float = 0.2):
             assert value, f"{what}: still {value!r} after {timeout} s"
             return value
         time.sleep(step)
+
+
+# ---------------------------------------------------------------- the disk fills up
+def test_a_full_disk_fails_a_publish_clearly_loses_nothing_and_publishing_resumes_when_room_returns(
+    tmp_path: Path,
+) -> None:
+    """The daemon runs under RLIMIT_FSIZE: past the limit every write to a file fails (EFBIG), as on a full disk.
+
+    CPython ignores SIGXFSZ, so the writes fail rather than kill the process; the
+    soft limit is raised again on the running daemon (prlimit) when room returns.
+    """
+    home, src = tmp_path / "home", tmp_path / "src"
+    init_homes(home)
+    configure(home)
+    small = write(src, "small.md", pattern("Pattern-FULL-001", "Published while there is room"))
+    large = write(src, "large.md", pattern("Pattern-FULL-002", "Larger than the room left",
+                                           body="A line of the problem the full disk has no room for.\n" * 8000))
+    daemon = Daemon(home)
+    daemon.wait_ready()
+    publish_ok(home, small)
+    assert daemon.stop() == 0, daemon.stderr()
+
+    # Every file of the daemon may grow by 16 KiB at most; the large pattern needs ~420 KiB.
+    limit = (home / "node.db").stat().st_size + 16 * 1024
+    daemon = Daemon(home, prefix=["prlimit", f"--fsize={limit}:unlimited", "--"])
+    try:
+        daemon.wait_ready()
+        refused = run(home, "publish", str(large))
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert f"{home / 'node.db'}: cannot write the database: is the disk full" in refused.stderr, refused.stderr
+        assert "Nothing was written" in refused.stderr
+        assert daemon.proc.poll() is None, "the daemon must survive a full disk"
+        # What was stored before is intact and still served.
+        assert fetch_bytes(home, sha(small.read_bytes())) == small.read_bytes()
+
+        resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        assert publish_ok(home, large) == {str(large): sha(large.read_bytes())}
+        assert fetch_bytes(home, "Pattern-FULL-002") == large.read_bytes()
+    finally:
+        code = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.stderr(), daemon.stderr()
+    assert integrity(home / "node.db") == "ok"
+    daemon = Daemon(home)
+    try:
+        daemon.wait_ready()
+        for path in (small, large):
+            assert fetch_bytes(home, sha(path.read_bytes())) == path.read_bytes()
+    finally:
+        assert daemon.stop() == 0
 
 
 # ---------------------------------------------------------------- the wall clock jumps
