@@ -41,8 +41,8 @@ from aether.node.values import (
     merge_entries, newest_first,
 )
 from aether.storage.store import (
-    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoredEntry, StoredValue, entry_charge,
-    value_charge,
+    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoreError, StoredEntry, StoredValue,
+    entry_charge, value_charge,
 )
 
 if TYPE_CHECKING:
@@ -455,7 +455,20 @@ class AetherNode(Server):
         return encode_bundle(data[:fit], offset + fit if more else None)
 
     def accept_store(self, key: Any, value: Any) -> Any:
-        """A peer's STORE: keep it if it verifies and fits, else say why not."""
+        """A peer's STORE: keep it if it verifies and fits, else say why not.
+
+        A disk that cannot take the write (full, or failing) is answered as a
+        full quota: the storer then places the copy on the next closest node,
+        where silence would have cost it a timeout and us our place in its table.
+        """
+        try:
+            return self._accept_store(key, value)
+        except StoreError as exc:
+            self.protocol.stats["store_refused_disk"] += 1
+            log.error("a peer's STORE not kept: %s", exc)
+            return error_reply(FULL, "this node cannot write to its disk")
+
+    def _accept_store(self, key: Any, value: Any) -> Any:
         try:
             checked = check_value(key, value)
         except ValueRejected as exc:
@@ -773,6 +786,8 @@ class AetherNode(Server):
                 await job()
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # a full or failing disk: said in one line, tried again next time
+                log.error("maintenance job %s failed: %s", job.__name__, exc)
             except Exception:
                 log.exception("maintenance job %s failed", job.__name__)
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))

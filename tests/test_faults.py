@@ -77,23 +77,34 @@ def test_a_full_disk_fails_a_publish_clearly_loses_nothing_and_publishing_resume
 
     CPython ignores SIGXFSZ, so the writes fail rather than kill the process; the
     soft limit is raised again on the running daemon (prlimit) when room returns.
+    A peer publishing meanwhile is told "full" and keeps the daemon as a contact.
     """
-    home, src = tmp_path / "home", tmp_path / "src"
-    init_homes(home)
+    home, peer_home, src = tmp_path / "home", tmp_path / "peer", tmp_path / "src"
+    init_homes(home, peer_home)
     configure(home)
+    configure(peer_home)
     small = write(src, "small.md", pattern("Pattern-FULL-001", "Published while there is room"))
     large = write(src, "large.md", pattern("Pattern-FULL-002", "Larger than the room left",
-                                           body="A line of the problem the full disk has no room for.\n" * 8000))
+                                           body="A line of the problem the full disk has no room for.\n" * 2000))
     daemon = Daemon(home)
     daemon.wait_ready()
     publish_ok(home, small)
     assert daemon.stop() == 0, daemon.stderr()
 
-    # Every file of the daemon may grow by 16 KiB at most; the large pattern needs ~420 KiB.
+    # Every file of the daemon may grow by 16 KiB at most; the large pattern is ~105 KB, the peer's ~50 KB.
     limit = (home / "node.db").stat().st_size + 16 * 1024
     daemon = Daemon(home, prefix=["prlimit", f"--fsize={limit}:unlimited", "--"])
+    peer = None
     try:
         daemon.wait_ready()
+        peer = Daemon(peer_home, "--bootstrap", daemon.address)
+        peer.wait_ready()
+        poll(lambda: _contacts(home) >= 1 and _contacts(peer_home) >= 1, "the peer and the daemon to meet")
+        # The peer's copies for the daemon are refused as "full", not left unanswered.
+        publish_ok(peer_home, write(src, "peer.md", pattern("Pattern-FULL-003", "A peer's pattern",
+                                                            body="A line the full disk cannot hold.\n" * 1500)))
+        assert _contacts(peer_home) >= 1, "the peer dropped the full daemon as unresponsive"
+
         refused = run(home, "publish", str(large))
         assert refused.returncode == 1 and refused.stdout == ""
         assert f"{home / 'node.db'}: cannot write the database: is the disk full" in refused.stderr, refused.stderr
@@ -107,7 +118,10 @@ def test_a_full_disk_fails_a_publish_clearly_loses_nothing_and_publishing_resume
         assert fetch_bytes(home, "Pattern-FULL-002") == large.read_bytes()
     finally:
         code = daemon.stop()
+        if peer is not None:
+            peer.stop()
     assert code == 0 and "Traceback" not in daemon.stderr(), daemon.stderr()
+    assert "a peer's STORE not kept" in daemon.stderr()
     assert integrity(home / "node.db") == "ok"
     daemon = Daemon(home)
     try:
