@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="keep the homes here (default: a temporary folder, removed)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="crash-loop-") as tmp:
         root = args.dir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         except CrashLoopError as exc:
             report, failure = exc.report, str(exc)
     result = {"command": " ".join(["crash_loop", *(argv if argv is not None else sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+              "date": date, "machine": machine(),
               "report": asdict(report) if report else None, "failure": failure}
     print(json.dumps(result, indent=2) if args.json else json.dumps(result))
     return 0 if failure is None else 1
