@@ -8,6 +8,7 @@ and the reply are the same plain data, which is also what ``--json`` prints.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from importlib.metadata import version
@@ -22,9 +23,12 @@ from aether.node.patterns import AmbiguousPattern, Authored, PatternLibrary, Pat
 from aether.node.server import QuotaExceeded
 from aether.node.team_api import TEAM_OPS, resolve_team
 from aether.node.teams import TeamError
+from aether.storage.store import StoreError
 
 if TYPE_CHECKING:
     from aether.node.daemon import DaemonInfo
+
+log = logging.getLogger(__name__)
 
 NETWORK_OPS = frozenset({"publish", "fetch", "search", "history", "pin"})
 """Operations that need peers; ``ls``, ``unpin``, ``status`` and ``peers`` work on the local node alone."""
@@ -271,3 +275,7 @@ async def handle(library: PatternLibrary, op: str, args: dict, daemon: DaemonInf
         raise ControlError("invalid", str(exc)) from None
     except ValueError as exc:
         raise ControlError("bad-request", str(exc)) from None
+    except StoreError as exc:
+        # A full or failing disk: the store rolled the write back; the daemon serves on.
+        log.error("%s: %s", op, exc)
+        raise ControlError("storage", str(exc)) from None

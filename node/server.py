@@ -30,7 +30,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from aether.crypto.identity import Identity
-from aether.crypto.records import SignedRecord, create_record, record_key
+from aether.crypto.records import RecordError, SignedRecord, create_record, decode_record, record_key
 from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
@@ -41,8 +41,8 @@ from aether.node.values import (
     merge_entries, newest_first,
 )
 from aether.storage.store import (
-    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoredEntry, StoredValue, entry_charge,
-    value_charge,
+    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoreError, StoredEntry, StoredValue,
+    entry_charge, value_charge,
 )
 
 if TYPE_CHECKING:
@@ -455,7 +455,20 @@ class AetherNode(Server):
         return encode_bundle(data[:fit], offset + fit if more else None)
 
     def accept_store(self, key: Any, value: Any) -> Any:
-        """A peer's STORE: keep it if it verifies and fits, else say why not."""
+        """A peer's STORE: keep it if it verifies and fits, else say why not.
+
+        A disk that cannot take the write (full, or failing) is answered as a
+        full quota: the storer then places the copy on the next closest node,
+        where silence would have cost it a timeout and us our place in its table.
+        """
+        try:
+            return self._accept_store(key, value)
+        except StoreError as exc:
+            self.protocol.stats["store_refused_disk"] += 1
+            log.error("a peer's STORE not kept: %s", exc)
+            return error_reply(FULL, "this node cannot write to its disk")
+
+    def _accept_store(self, key: Any, value: Any) -> Any:
         try:
             checked = check_value(key, value)
         except ValueRejected as exc:
@@ -773,6 +786,8 @@ class AetherNode(Server):
                 await job()
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # a full or failing disk: said in one line, tried again next time
+                log.error("maintenance job %s failed: %s", job.__name__, exc)
             except Exception:
                 log.exception("maintenance job %s failed", job.__name__)
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
@@ -835,12 +850,24 @@ class AetherNode(Server):
                 else:
                     self.store.mark_republished([held.key], now=now)
 
-    def _renewed_entry(self, held: StoredEntry) -> bytes | None:
-        """Our own entry close to expiry, re-signed with a higher sequence number."""
-        checked = check_value(held.key, held.value)
-        if not isinstance(checked, Entry) or checked.record.author != self.identity.public.signing_public:
+    def _own_record(self, held: StoredValue | StoredEntry) -> SignedRecord | None:
+        """The record this node signed that ``held`` carries, expired or not; None for anything else.
+
+        Not ``check_value``: it refuses an expired record, and an own record past
+        its expiry (after a week off, or a wall clock set forward) is exactly what
+        must be re-signed. Its signature was checked when it was stored.
+        """
+        try:
+            record = decode_record(held.value)
+        except RecordError:
             return None
-        old = checked.record
+        return record if record.author == self.identity.public.signing_public else None
+
+    def _renewed_entry(self, held: StoredEntry) -> bytes | None:
+        """Our own entry close to (or past) expiry, re-signed with a higher sequence number."""
+        old = self._own_record(held)
+        if old is None or held.key != old.topic_key:
+            return None
         new = create_record(
             self.identity, old.kind, old.name, next_seq(old.seq), old.payload, int(self.config.record_ttl)
         )
@@ -848,11 +875,10 @@ class AetherNode(Server):
         return new.encode()
 
     def _renewed(self, held: StoredValue) -> bytes | None:
-        """Our own record close to expiry, re-signed with the next sequence number."""
-        checked = check_value(held.key, held.value)
-        if not isinstance(checked, Record) or checked.record.author != self.identity.public.signing_public:
+        """Our own record close to (or past) expiry, re-signed with the next sequence number."""
+        old = self._own_record(held)
+        if old is None or held.key != old.key:
             return None
-        old = checked.record
         new = create_record(self.identity, old.kind, old.name, old.seq + 1, old.payload, int(self.config.record_ttl))
         data = new.encode()
         self.store.put(held.key, data, kind=RECORD, role="own", pinned=True, seq=new.seq, expires=new.expires)
@@ -874,6 +900,17 @@ class AetherNode(Server):
         self.store.meta_set("last_replicate", str(now))
 
     async def drop_expired(self) -> None:
+        """Drop expired replicas and cached copies; re-sign own records the wall clock has overtaken.
+
+        The store never drops own records. The daily republish renews them days
+        before they expire, but after a week off or a clock set forward they are
+        past their expiry, unserved: they are re-signed and stored out now, not
+        up to a day later.
+        """
+        expiry = self.store.earliest_own_expiry()
+        if expiry is not None and expiry <= time.time() + self.config.expire_interval:
+            log.info("own records past or near their expiry: re-signing them")
+            await self.republish_own()
         dropped = self.store.drop_expired()
         if dropped:
             log.info("dropped %d expired values", dropped)

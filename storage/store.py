@@ -576,6 +576,13 @@ class Store:
             return StoreError(f"{self.path}: not an aether database or corrupt ({e})")
         if name == "SQLITE_CANTOPEN" or "unable to open" in text:
             return StoreError(f"{self.path}: cannot open database ({e})")
+        # A full disk is SQLITE_FULL; a file-size limit (EFBIG) or a failing disk is
+        # an I/O error. Either way the transaction was rolled back: nothing held is lost.
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return StoreError(f"{self.path}: the disk is full; nothing was written ({e})")
+        if name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
+            return StoreError(f"{self.path}: cannot write the database: is the disk full or failing? "
+                              f"Nothing was written ({e})")
         return StoreError(f"{self.path}: database error ({e})")
 
     def _db(self) -> sqlite3.Connection:
@@ -794,11 +801,16 @@ class Store:
             return c.execute("DELETE FROM values_ WHERE key = ?", (key,)).rowcount > 0
 
     def drop_expired(self, now: float | None = None) -> int:
-        """Delete every value and entry whose expiry is at or before ``now``; return how many.
+        """Delete every value and entry whose expiry is at or before ``now``, except own ones; return how many.
 
-        Pins do not protect against expiry: an expired record is invalid anyway, and
-        pinned data that should last forever is stored with ``expires=None``. Links
-        of blocks to a pattern key that holds no entry any more go too.
+        Pins do not protect others' records against expiry: an expired record is
+        invalid anyway, and pinned data that should last forever is stored with
+        ``expires=None``. Own records and entries are never dropped: their expiry
+        is only their signature's lifetime, and they are the one copy of what this
+        node published. After a week off or a wall clock set forward they are
+        past it, and the node re-signs them (``AetherNode.drop_expired``);
+        dropping them would lose the node's own patterns for good. Links of
+        blocks to a pattern key that holds no entry any more go too.
         """
         now = time.time() if now is None else _check_time(now, "now")
         with self._tx() as c:
@@ -806,6 +818,15 @@ class Store:
         if dropped:
             self._release_free_pages()
         return dropped
+
+    def earliest_own_expiry(self) -> float | None:
+        """The soonest expiry of an own record or entry (None: none expires), so the node renews them in time."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT MIN(e) FROM (SELECT MIN(expires) AS e FROM values_ WHERE role = 'own' AND expires IS NOT NULL "
+                "UNION ALL SELECT MIN(expires) FROM entries WHERE role = 'own')"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def _release_free_pages(self) -> None:
         """Give the pages that deletes freed back to the file system (at the next checkpoint).
@@ -820,8 +841,8 @@ class Store:
 
     @staticmethod
     def _drop_expired(c: sqlite3.Connection, now: float) -> int:
-        dropped = c.execute("DELETE FROM values_ WHERE expires <= ?", (now,)).rowcount
-        dropped += c.execute("DELETE FROM entries WHERE expires <= ?", (now,)).rowcount
+        dropped = c.execute("DELETE FROM values_ WHERE expires <= ? AND role != 'own'", (now,)).rowcount
+        dropped += c.execute("DELETE FROM entries WHERE expires <= ? AND role != 'own'", (now,)).rowcount
         if dropped:
             c.execute("DELETE FROM links WHERE grp NOT IN (SELECT key FROM entries)")
         c.execute("DELETE FROM team_keys WHERE expires <= ?", (now,))  # unlocked keys are forgotten on time
@@ -996,7 +1017,8 @@ class Store:
         pinned = bool(pin)
         # Expired entries under this key go first, so they neither take a slot
         # nor come back to life past the limit when their author renews them.
-        c.execute("DELETE FROM entries WHERE key = ? AND expires <= ?", (key, now))
+        # Own ones stay, to be re-signed (``drop_expired``).
+        c.execute("DELETE FROM entries WHERE key = ? AND expires <= ? AND role != 'own'", (key, now))
         held = c.execute(
             "SELECT value, seq, expires, role, pinned FROM entries WHERE key = ? AND author = ? AND name = ?",
             ident,

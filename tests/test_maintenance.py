@@ -152,9 +152,10 @@ async def test_holders_restore_replicas_after_holders_leave(tmp_path):
 
 
 async def test_expired_records_are_dropped_and_never_served(tmp_path):
+    """Others' records: a node's own ones are re-signed instead (tests/test_faults.py)."""
     config = QUIET.replace(expire_interval=0.5)
     async with local_network(tmp_path / "net", 6, config) as network:
-        record = create_record(network[0].identity, "note", b"short-lived", 1, b"x", 2)
+        record = create_record(Identity.generate(), "note", b"short-lived", 1, b"x", 2)
         report = await network[0].put_record(record)
         assert report.stored == 5
         assert await network[3].get_record(record.key) == record
