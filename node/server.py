@@ -34,7 +34,7 @@ from aether.crypto.records import SignedRecord, create_record, record_key
 from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
-from aether.node.lookup import Lookup, LookupResult
+from aether.node.lookup import Lookup, LookupResult, find_value
 from aether.node.protocol import AetherProtocol, error_reply
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
@@ -284,6 +284,11 @@ class AetherNode(Server):
             first_entries=first_entries,
         ).run()
 
+    async def find_value(self, key: bytes, *, first_entries: bool = False, collect: bool = False) -> LookupResult:
+        """A value lookup that a few colluding peers near ``key`` cannot blind (:func:`~aether.node.lookup.find_value`)."""
+        return await find_value(self.protocol, key, k=self.ksize, alpha=self.alpha, paths=self.config.lookup_paths,
+                                first_entries=first_entries, collect=collect)
+
     # ------------------------------------------------------------- blocks
     async def put_block(self, data: bytes) -> PutReport:
         """Store a block pinned here and on the k nodes closest to its key."""
@@ -314,7 +319,7 @@ class AetherNode(Server):
         held = self.store.read(key)
         if held is not None:
             return held
-        result = await self.lookup(key, want_value=True)
+        result = await self.find_value(key)
         if not isinstance(result.value, Block):
             return None
         data = result.value.data
@@ -354,7 +359,7 @@ class AetherNode(Server):
 
     async def get_record(self, key: bytes) -> SignedRecord | None:
         """The newest valid record under ``key``; peers holding older ones are updated."""
-        result = await self.lookup(key, want_value=True)
+        result = await self.find_value(key, collect=True)
         best = result.value.record if isinstance(result.value, Record) else None
         held = self.store.read(key)
         if held is not None:
@@ -408,7 +413,7 @@ class AetherNode(Server):
         do); otherwise the lookup asks the k closest and merges what they know,
         reading further pages from the nearest holder that has more.
         """
-        result = await self.lookup(key, want_value=True, first_entries=first)
+        result = await self.find_value(key, first_entries=first, collect=not first)
         merged = {(e.record.author, e.record.name): e for e in result.entries}
         for node, offset in result.more[:1]:
             for _ in range(max_pages):
