@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -349,30 +350,38 @@ class Lookup:
                     self.result.stale.append(node)
 
 
+def seeds_for(protocol: AetherProtocol, key: bytes, k: int, paths: int = 1) -> list[Node]:
+    """The contacts a lookup starts from: our k closest to ``key`` for each path.
+
+    Each path gets k seeds of its own, not a d-th of k. Colluders near a key
+    may fill our nearest few contacts; with seeds of its own a little farther
+    out, a path that finds the colluders already asked by another path still
+    has honest contacts of its own to go on with, some of which hold the value
+    or know who does.
+    """
+    return protocol.router.find_neighbors(Node(key), k=k * paths)
+
+
 async def find_value(
-    protocol: AetherProtocol, key: bytes, *, k: int, alpha: int, paths: int, first_entries: bool = False,
-    collect: bool = False,
+    run: Callable[[int], Awaitable[LookupResult]], *, paths: int, collect: bool = False,
 ) -> LookupResult:
-    """Look a value up so that a few malicious peers near ``key`` cannot hide it; costs stay those of one lookup when nobody lies.
+    """Look a value up so that a few malicious peers near its key cannot hide it; ``run(d)`` runs one lookup on d paths.
 
     A lookup that stops at its first holder (a block, a pattern's manifest) runs
     as one path first: any copy it finds is checked against the key, so a value
     found is the value, and only a lookup that found nothing is tried again on
-    ``paths`` disjoint paths. A lookup that *collects* (a record, where the
-    newest sequence number wins, or all the entries of an index term) cannot
-    tell from its answer that it was eclipsed: colluders can replay an older
-    record or hold back entries, and the answer still looks whole. So it runs on
-    ``paths`` disjoint paths from the start.
+    ``paths`` disjoint paths. With nobody lying it costs what one lookup costs.
+    A lookup that *collects* (a record, where the newest sequence number wins,
+    or all the entries of an index term) cannot tell from its answer that it
+    was eclipsed: colluders can replay an older record or hold back entries,
+    and the answer still looks whole. So it runs on ``paths`` disjoint paths
+    from the start, for about ``paths`` times the messages.
     """
-    def lookup(d: int) -> Lookup:
-        seeds = protocol.router.find_neighbors(Node(key), k=k)
-        return Lookup(protocol, key, seeds, k=k, alpha=alpha, want_value=True, first_entries=first_entries, paths=d)
-
     if collect or paths == 1:
-        return await lookup(paths).run()
-    first = await lookup(1).run()
+        return await run(paths)
+    first = await run(1)
     if first.value is not None or first.entries:
         return first
-    result = await lookup(paths).run()
+    result = await run(paths)
     result.add_costs(first)
     return result

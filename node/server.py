@@ -34,7 +34,7 @@ from aether.crypto.records import SignedRecord, create_record, record_key
 from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
-from aether.node.lookup import Lookup, LookupResult, find_value
+from aether.node.lookup import Lookup, LookupResult, find_value, seeds_for
 from aether.node.protocol import AetherProtocol, error_reply
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
@@ -273,21 +273,26 @@ class AetherNode(Server):
     # ------------------------------------------------------------- lookups
     async def lookup(
         self, key: bytes, *, want_value: bool = False, first_entries: bool = False, seeds: list[Node] | None = None,
-        k: int | None = None,
+        k: int | None = None, paths: int = 1,
     ) -> LookupResult:
-        """The ``k`` (default: the node's k) peers closest to ``key`` that answer, and what they hold."""
+        """The ``k`` (default: the node's k) peers closest to ``key`` that answer, and what they hold.
+
+        On ``paths`` > 1 the lookup takes that many disjoint paths (node/lookup.py).
+        """
         k = k or self.ksize
         if seeds is None:
-            seeds = self.protocol.router.find_neighbors(Node(key), k=k)
+            seeds = seeds_for(self.protocol, key, k, paths)
         return await Lookup(
             self.protocol, key, seeds, k=k, alpha=self.alpha, want_value=want_value,
-            first_entries=first_entries,
+            first_entries=first_entries, paths=paths,
         ).run()
 
     async def find_value(self, key: bytes, *, first_entries: bool = False, collect: bool = False) -> LookupResult:
         """A value lookup that a few colluding peers near ``key`` cannot blind (:func:`~aether.node.lookup.find_value`)."""
-        return await find_value(self.protocol, key, k=self.ksize, alpha=self.alpha, paths=self.config.lookup_paths,
-                                first_entries=first_entries, collect=collect)
+        return await find_value(
+            lambda d: self.lookup(key, want_value=True, first_entries=first_entries, paths=d),
+            paths=self.config.lookup_paths, collect=collect,
+        )
 
     # ------------------------------------------------------------- blocks
     async def put_block(self, data: bytes) -> PutReport:
