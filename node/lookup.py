@@ -132,6 +132,13 @@ def deal_seeds(seeds: list[Node], target: bytes, paths: int) -> list[list[Node]]
 
 
 class Lookup:
+    """One iterative lookup of ``target``; on ``paths`` > 1, that many disjoint paths with one result.
+
+    The seeds are dealt out among the paths (:func:`deal_seeds`); the paths
+    share the table of peers met and the reply handling, and each keeps its own
+    requests in flight (:class:`_Path`). A block found by any path ends them all.
+    """
+
     def __init__(
         self,
         protocol: AetherProtocol,

@@ -141,3 +141,22 @@ async def test_on_real_nodes_colluders_at_a_key_hide_neither_a_block_nor_the_new
                 assert await reader.get_block(key) == data
             for node in colluders:
                 node.protocol.__class__ = AetherProtocol
+
+
+def test_the_adversarial_model_command_reports_each_kind_one_path_against_d_paths(tmp_path) -> None:
+    import json
+
+    from .test_cli_patterns import assert_clean_error, ok, run
+
+    report = json.loads(ok(None, "simulate", "--model", "--adversarial", "--nodes", "400", "--lookups", "4",
+                           "--out", str(tmp_path), as_json=True).stdout)
+    assert report["mode"] == "adversarial" and report["nodes"] == 400 and report["paths"] == 3
+    labels = [(row["kind"], row["share"], row.get("targeted")) for row in report["rows"]]
+    assert labels[0] == ("none", 0.0, None) and len(labels) == 1 + 4 * 3 + 3
+    assert {kind for kind, _, _ in labels[1:13]} == {"silent", "eclipse", "fabricate", "tamper"}
+    assert [targeted for _, _, targeted in labels[13:]] == [10, 20, 40]
+    for row in report["rows"]:
+        assert 0 <= row["single"]["found"] <= 1 and row["paths"]["messages"]["mean"] > 0
+    assert report["collect_messages"]["paths"]["p50"] > report["collect_messages"]["single"]["p50"]
+    assert json.loads((tmp_path / "adversarial.json").read_text(encoding="utf-8")) == report
+    assert_clean_error(run(None, "simulate", "--adversarial"), "--model")
