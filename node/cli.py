@@ -124,23 +124,34 @@ def daemon(obj: Context, listen: tuple[str, int] | None, bootstrap: list[tuple[s
               help="The large-scale model instead: the node's own routing and lookup code on simulated time, "
                    "for 10,000 to 100,000 nodes (--nodes, default 10,000), and availability under churn.")
 @click.option("--lookups", default=200, show_default=True, type=click.IntRange(1, 100_000),
-              help="Lookups the model runs.")
+              help="Lookups the model runs (with --adversarial: per row).")
+@click.option("--adversarial", is_flag=True,
+              help="With --model: fetches of stored values while 10 to 30 % of the nodes are silent, lie about "
+                   "contacts (eclipse, fabricated) or values, and colluders placed nearest a key; one lookup "
+                   "path against the disjoint paths of lookup_paths.")
 @click.pass_obj
 def simulate(obj: Context, scenario: str, nodes: int | None, seed: int | None, workers: int | None,
-             out: str | None, model: bool, lookups: int) -> None:
+             out: str | None, model: bool, lookups: int, adversarial: bool) -> None:
     """Run SCENARIO on real nodes on loopback, spread over worker processes, and report what happened.
 
     SCENARIO is a shipped scenario (demo, churn, devices, team) or a scenario file
     (TOML); demo by default. The same scenario and seed give the same events.
     """
+    if adversarial and not model:
+        raise click.BadParameter("runs on the model: add --model", param_hint="--adversarial")
     if model:
-        from aether.simulations.model import model_report, render_model
+        from aether.simulations.model import adversarial_report, model_report, render_adversarial, render_model
 
-        report = model_report(nodes or 10_000, lookups=lookups, seed=1 if seed is None else seed)
+        if adversarial:
+            report = adversarial_report(nodes or 10_000, lookups=lookups, seed=1 if seed is None else seed)
+            text, name = render_adversarial(report), "adversarial.json"
+        else:
+            report = model_report(nodes or 10_000, lookups=lookups, seed=1 if seed is None else seed)
+            text, name = render_model(report), "model.json"
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "model.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        obj.emit(report, render_model(report))
+            (Path(out) / name).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        obj.emit(report, text)
         return
     from aether.simulations.scenario import MAX_NODES, ScenarioError, load
     from aether.simulations.simulate import render, run_scenario

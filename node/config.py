@@ -24,6 +24,13 @@ class NodeConfig:
     """Replication factor and bucket size (Kademlia's k)."""
     alpha: int = 3
     """Lookup parallelism (Kademlia's α)."""
+    lookup_paths: int = 3
+    """Disjoint paths a value lookup takes when one path may have been misled (S/Kademlia's d).
+
+    A block lookup that found nothing is tried again on this many paths, and
+    record and index lookups always take them: colluders near a key then need
+    to answer for about this many times k peers, not k, to hide a value. 1
+    turns the defence off."""
     republish_interval: float = DAY
     """How often a publisher stores its own values on the k closest nodes again."""
     replicate_interval: float = HOUR
@@ -68,7 +75,7 @@ class NodeConfig:
             raise ConfigError("max_pattern_bytes must be at most 1572864 (256 blocks of 6 KiB)")
         if not self.rpc_timeout_min <= self.rpc_timeout_initial <= self.rpc_timeout_max:
             raise ConfigError("need rpc_timeout_min <= rpc_timeout_initial <= rpc_timeout_max")
-        for name in ("ksize", "alpha", "stale_after_failures", "quota_bytes", "max_entries_per_key",
+        for name in ("ksize", "alpha", "lookup_paths", "stale_after_failures", "quota_bytes", "max_entries_per_key",
                      "max_pattern_bytes"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number")

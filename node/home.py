@@ -43,6 +43,7 @@ mdns = true
 [node]
 # ksize = 20                    # replication factor and bucket size
 # alpha = 3                     # lookup parallelism
+# lookup_paths = 3              # disjoint paths of a value lookup that one path may not be trusted with
 # Periodic work, in seconds between runs:
 # republish_interval = 86400    # republishing our own and pinned values
 # replicate_interval = 3600     # handing replicas to the closest nodes

@@ -24,12 +24,23 @@ them. For shared keys it merges the pages of entries the holders return,
 keeping each author's newest, and either stops at the first holder
 (``first_entries``, enough for a pattern's manifest) or goes on to the k
 closest (an index term, where each holder may know other authors).
+
+A few malicious peers near a key could still hide its value: a lookup ends at
+the k closest peers that *answer*, and peers that answer with no value and
+with contacts only among themselves (an eclipse) become those k. So a lookup
+may run on d *disjoint paths* (S/Kademlia, Baumgart and Mies 2007): the seeds
+are dealt out among the paths, each path keeps its own α requests, its own
+stalls and refills and ends at its own k closest answers, and no peer is asked
+by two paths. A colluder asked by one path is spent for the others, which must
+go past it to peers it cannot answer for. :func:`find_value` decides when a
+lookup pays for d paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -73,6 +84,16 @@ class LookupResult:
     rejected: int = 0
     hops: int = 0
     seconds: float = 0.0
+    paths: int = 1
+    """Disjoint paths of the last lookup that made this result (1: a plain lookup)."""
+
+    def add_costs(self, earlier: LookupResult) -> None:
+        """Count an earlier lookup's requests and time in this one's (a lookup that was retried)."""
+        self.messages += earlier.messages
+        self.failures += earlier.failures
+        self.stalls += earlier.stalls
+        self.rejected += earlier.rejected
+        self.seconds += earlier.seconds
 
 
 @dataclass
@@ -82,9 +103,42 @@ class _Entry:
     depth: int
     state: int = _NEW
     prompt: asyncio.TimerHandle | None = None
+    path: int = -1
+    """The path that asked this peer (-1: none yet); no other path may ask it."""
+
+
+class _Path:
+    """One path's share of a lookup: the peers it has heard of, its requests out, and whether it has ended."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.known: set[bytes] = set()
+        self.in_flight = 0
+        self.stalled = 0
+        self.refills = 0
+        self.done = False
+
+
+def deal_seeds(seeds: list[Node], target: bytes, paths: int) -> list[list[Node]]:
+    """The seeds dealt out among ``paths`` paths by distance to ``target``, nearest first: each starts as near.
+
+    Path i takes the i-th, (i+d)-th, ... nearest seed, so no path starts from
+    only the far ones and no seed is given to two paths.
+    """
+    target_long = int.from_bytes(target, "big")
+    unique = list({node.id: node for node in seeds}.values())
+    unique.sort(key=lambda node: node.long_id ^ target_long)
+    return [unique[i::paths] for i in range(paths)]
 
 
 class Lookup:
+    """One iterative lookup of ``target``; on ``paths`` > 1, that many disjoint paths with one result.
+
+    The seeds are dealt out among the paths (:func:`deal_seeds`); the paths
+    share the table of peers met and the reply handling, and each keeps its own
+    requests in flight (:class:`_Path`). A block found by any path ends them all.
+    """
+
     def __init__(
         self,
         protocol: AetherProtocol,
@@ -95,6 +149,7 @@ class Lookup:
         alpha: int,
         want_value: bool,
         first_entries: bool = False,
+        paths: int = 1,
     ):
         self.protocol = protocol
         self.target = target
@@ -106,12 +161,14 @@ class Lookup:
         self._entries: dict[tuple[bytes, bytes], Entry] = {}
         self.entries: dict[bytes, _Entry] = {}
         self.own_id = protocol.source_node.id
-        self.result = LookupResult(target)
+        self.result = LookupResult(target, paths=paths)
         self._records: list[tuple[Record, Node]] = []
-        for node in seeds:
-            self._add(node, depth=1)
+        self.paths = [_Path(i) for i in range(paths)]
+        for path, dealt in zip(self.paths, deal_seeds(seeds, target, paths)):
+            for node in dealt:
+                self._add(node, 1, path)
 
-    def _add(self, node: Node, depth: int) -> None:
+    def _add(self, node: Node, depth: int, path: _Path) -> None:
         if node.id == self.own_id:
             return
         entry = self.entries.get(node.id)
@@ -119,23 +176,25 @@ class Lookup:
             self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth)
         elif depth < entry.depth and entry.state == _NEW:
             entry.depth = depth
+        path.known.add(node.id)
 
-    def _live(self) -> list[_Entry]:
-        """Peers that may still answer in time (neither failed nor stalled), nearest first."""
-        live = [e for e in self.entries.values() if e.state != _FAILED and e.state != _STALLED]
+    def _live(self, path: _Path | None = None) -> list[_Entry]:
+        """Peers that may still answer in time (neither failed nor stalled), nearest first.
+
+        For a path: those it has heard of and that no other path has asked.
+        """
+        candidates = self.entries.values() if path is None else self._reachable(path)
+        live = [e for e in candidates if e.state != _FAILED and e.state != _STALLED]
         live.sort(key=lambda e: e.distance)
         return live
 
-    def _closest_live(self) -> list[_Entry]:
-        return self._live()[: self.k]
+    def _closest_live(self, path: _Path | None = None) -> list[_Entry]:
+        return self._live(path)[: self.k]
 
     async def run(self) -> LookupResult:
         loop = asyncio.get_running_loop()
         started = loop.time()  # the loop's clock: the same as time.monotonic, or simulated time in the model
         self._done = loop.create_future()
-        self._in_flight = 0
-        self._stalled = 0
-        self._refills = 0
         self._pump()
         await self._done
         for entry in self.entries.values():
@@ -146,28 +205,40 @@ class Lookup:
         return self.result
 
     def _pump(self) -> None:
-        """Keep α requests in flight to the closest peers not yet asked; end when none is left."""
+        """Keep each path's α requests in flight; end when every path has ended."""
         if self._done.done():
             return
-        for entry in self._closest_live():
-            if self._in_flight >= self.alpha:
-                break
-            if entry.state == _NEW:
-                entry.state = _ASKED
-                self.result.messages += 1
-                self._in_flight += 1
-                request = self.protocol.request_find(entry.node, self.target, self.want_value)
-                request.add_done_callback(functools.partial(self._on_reply, entry))
-                wait = self.protocol.rtt.prompt_for((entry.node.ip, entry.node.port))
-                entry.prompt = asyncio.get_running_loop().call_later(wait, self._stall, entry)
-        if self._in_flight == 0:
-            if self._refill():
-                self._pump()
-            elif self._may_end():
-                self._done.set_result(None)
+        for path in self.paths:
+            if not path.done:
+                self._pump_path(path)
+        if all(path.done for path in self.paths):
+            self._done.set_result(None)
 
-    def _may_end(self) -> bool:
-        """Whether the lookup, with nobody left to ask, may end without the stalled peers' answers.
+    def _pump_path(self, path: _Path) -> None:
+        """Keep α requests in flight to the path's closest peers not yet asked; end it when none is left."""
+        while True:
+            for entry in self._closest_live(path):
+                if path.in_flight >= self.alpha:
+                    break
+                if entry.state == _NEW:
+                    self._ask(path, entry)
+            if path.in_flight or not self._refill(path):
+                break
+        if path.in_flight == 0 and self._may_end(path):
+            path.done = True
+
+    def _ask(self, path: _Path, entry: _Entry) -> None:
+        entry.state = _ASKED
+        entry.path = path.number
+        self.result.messages += 1
+        path.in_flight += 1
+        request = self.protocol.request_find(entry.node, self.target, self.want_value)
+        request.add_done_callback(functools.partial(self._on_reply, entry))
+        wait = self.protocol.rtt.prompt_for((entry.node.ip, entry.node.port))
+        entry.prompt = asyncio.get_running_loop().call_later(wait, self._stall, entry)
+
+    def _may_end(self, path: _Path) -> bool:
+        """Whether a path, with nobody left to ask, may end without its stalled peers' answers.
 
         They are probably gone, but a slow one may hold the value, or be one of
         the k closest nodes, which a lookup for nodes (where to store) must
@@ -175,45 +246,50 @@ class Lookup:
         and a lookup for nodes waits for those closer than the k-th that
         answered; only stalled peers that cannot change the result are left.
         """
-        if not self._stalled:
+        if not path.stalled:
             return True
-        live = self._closest_live()
+        live = self._closest_live(path)
         if len(live) < self.k:
             return False
         if self.want_value:
             return bool(self._records or self._entries)
         farthest = live[-1].distance
-        return not any(e.state == _STALLED and e.distance < farthest for e in self.entries.values())
+        return not any(e.state == _STALLED and e.distance < farthest for e in self._reachable(path))
 
     def _stall(self, entry: _Entry) -> None:
         """No reply yet after the prompt time: free the slot and ask the next peer; a late reply still counts."""
         entry.prompt = None
-        if self._done.done() or entry.state != _ASKED or self._stalled >= 2 * self.alpha:
+        path = self.paths[entry.path]
+        if self._done.done() or entry.state != _ASKED or path.stalled >= 2 * self.alpha:
             return
         entry.state = _STALLED
-        self._in_flight -= 1
-        self._stalled += 1
+        path.in_flight -= 1
+        path.stalled += 1
         self.result.stalls += 1
         self._pump()
 
-    def _refill(self) -> bool:
+    def _refill(self, path: _Path) -> bool:
         """When fewer than k peers answered and some failed or stalled, seed again from the routing table.
 
         The first seeds are the k closest contacts we had; after churn they may
         all be gone (and now dropped from the table), while contacts a little
         farther away, which know the holders, were never asked. Each refill
-        takes the closest contacts not tried yet; a lookup refills at most
-        MAX_REFILLS times.
+        takes the closest contacts no path has tried yet; a path refills at
+        most MAX_REFILLS times.
         """
-        states = [e.state for e in self.entries.values()]
-        if self._refills >= MAX_REFILLS or states.count(_ANSWERED) >= self.k or not ({_FAILED, _STALLED} & set(states)):
+        states = [e.state for e in self._reachable(path)]
+        if path.refills >= MAX_REFILLS or states.count(_ANSWERED) >= self.k or not ({_FAILED, _STALLED} & set(states)):
             return False
-        self._refills += 1
+        path.refills += 1
         wanted = self.k + len(self.entries)
         fresh = [n for n in self.protocol.router.find_neighbors(Node(self.target), k=wanted) if n.id not in self.entries]
         for node in fresh[: self.k]:
-            self._add(node, depth=1)
-        return any(e.state == _NEW for e in self.entries.values())
+            self._add(node, 1, path)
+        return any(e.state == _NEW for e in self._live(path))
+
+    def _reachable(self, path: _Path) -> list[_Entry]:
+        """The peers this path has heard of that no other path has asked, in any state."""
+        return [e for e in map(self.entries.__getitem__, path.known) if e.path in (-1, path.number)]
 
     def _on_reply(self, entry: _Entry, request: asyncio.Future) -> None:
         # Replies are handled in the future's callback, not in a task per
@@ -221,10 +297,11 @@ class Lookup:
         if entry.prompt is not None:
             entry.prompt.cancel()
             entry.prompt = None
+        path = self.paths[entry.path]
         if entry.state == _STALLED:
-            self._stalled -= 1
+            path.stalled -= 1
         else:
-            self._in_flight -= 1
+            path.in_flight -= 1
         try:
             reply = self.protocol.find_reply(entry.node, request.result())
             if self._done.done():
@@ -264,8 +341,9 @@ class Lookup:
             self.result.hops = max(self.result.hops, entry.depth)
             return False
         self.result.without_value.append(entry.node)
+        path = self.paths[entry.path]
         for contact in reply.contacts:
-            self._add(contact, entry.depth + 1)
+            self._add(contact, entry.depth + 1, path)
         return False
 
     def _merge(self, entry: _Entry, page: Entries) -> bool:
@@ -294,3 +372,40 @@ class Lookup:
                     self.result.holders.append(node)
                 else:
                     self.result.stale.append(node)
+
+
+def seeds_for(protocol: AetherProtocol, key: bytes, k: int, paths: int = 1) -> list[Node]:
+    """The contacts a lookup starts from: our k closest to ``key`` for each path.
+
+    Each path gets k seeds of its own, not a d-th of k. Colluders near a key
+    may fill our nearest few contacts; with seeds of its own a little farther
+    out, a path that finds the colluders already asked by another path still
+    has honest contacts of its own to go on with, some of which hold the value
+    or know who does.
+    """
+    return protocol.router.find_neighbors(Node(key), k=k * paths)
+
+
+async def find_value(
+    run: Callable[[int], Awaitable[LookupResult]], *, paths: int, collect: bool = False,
+) -> LookupResult:
+    """Look a value up so that a few malicious peers near its key cannot hide it; ``run(d)`` runs one lookup on d paths.
+
+    A lookup that stops at its first holder (a block, a pattern's manifest) runs
+    as one path first: any copy it finds is checked against the key, so a value
+    found is the value, and only a lookup that found nothing is tried again on
+    ``paths`` disjoint paths. With nobody lying it costs what one lookup costs.
+    A lookup that *collects* (a record, where the newest sequence number wins,
+    or all the entries of an index term) cannot tell from its answer that it
+    was eclipsed: colluders can replay an older record or hold back entries,
+    and the answer still looks whole. So it runs on ``paths`` disjoint paths
+    from the start, for about ``paths`` times the messages.
+    """
+    if collect or paths == 1:
+        return await run(paths)
+    first = await run(1)
+    if first.value is not None or first.entries:
+        return first
+    result = await run(paths)
+    result.add_costs(first)
+    return result

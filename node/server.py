@@ -34,7 +34,7 @@ from aether.crypto.records import RecordError, SignedRecord, create_record, deco
 from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
-from aether.node.lookup import Lookup, LookupResult
+from aether.node.lookup import Lookup, LookupResult, find_value, seeds_for
 from aether.node.protocol import AetherProtocol, error_reply
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
@@ -273,16 +273,26 @@ class AetherNode(Server):
     # ------------------------------------------------------------- lookups
     async def lookup(
         self, key: bytes, *, want_value: bool = False, first_entries: bool = False, seeds: list[Node] | None = None,
-        k: int | None = None,
+        k: int | None = None, paths: int = 1,
     ) -> LookupResult:
-        """The ``k`` (default: the node's k) peers closest to ``key`` that answer, and what they hold."""
+        """The ``k`` (default: the node's k) peers closest to ``key`` that answer, and what they hold.
+
+        On ``paths`` > 1 the lookup takes that many disjoint paths (node/lookup.py).
+        """
         k = k or self.ksize
         if seeds is None:
-            seeds = self.protocol.router.find_neighbors(Node(key), k=k)
+            seeds = seeds_for(self.protocol, key, k, paths)
         return await Lookup(
             self.protocol, key, seeds, k=k, alpha=self.alpha, want_value=want_value,
-            first_entries=first_entries,
+            first_entries=first_entries, paths=paths,
         ).run()
+
+    async def find_value(self, key: bytes, *, first_entries: bool = False, collect: bool = False) -> LookupResult:
+        """A value lookup that a few colluding peers near ``key`` cannot blind (:func:`~aether.node.lookup.find_value`)."""
+        return await find_value(
+            lambda d: self.lookup(key, want_value=True, first_entries=first_entries, paths=d),
+            paths=self.config.lookup_paths, collect=collect,
+        )
 
     # ------------------------------------------------------------- blocks
     async def put_block(self, data: bytes) -> PutReport:
@@ -314,7 +324,7 @@ class AetherNode(Server):
         held = self.store.read(key)
         if held is not None:
             return held
-        result = await self.lookup(key, want_value=True)
+        result = await self.find_value(key)
         if not isinstance(result.value, Block):
             return None
         data = result.value.data
@@ -354,7 +364,7 @@ class AetherNode(Server):
 
     async def get_record(self, key: bytes) -> SignedRecord | None:
         """The newest valid record under ``key``; peers holding older ones are updated."""
-        result = await self.lookup(key, want_value=True)
+        result = await self.find_value(key, collect=True)
         best = result.value.record if isinstance(result.value, Record) else None
         held = self.store.read(key)
         if held is not None:
@@ -408,7 +418,7 @@ class AetherNode(Server):
         do); otherwise the lookup asks the k closest and merges what they know,
         reading further pages from the nearest holder that has more.
         """
-        result = await self.lookup(key, want_value=True, first_entries=first)
+        result = await self.find_value(key, first_entries=first, collect=not first)
         merged = {(e.record.author, e.record.name): e for e in result.entries}
         for node, offset in result.more[:1]:
             for _ in range(max_pages):

@@ -14,7 +14,9 @@ three things are the model's:
   filled with up to k nodes drawn at random from the IDs in its XOR range (what a
   long-running node's table looks like), built only for the nodes a run touches.
 
-Nodes answer only FIND_NODE and PING here; they hold no values. Addresses are
+Honest nodes answer FIND_NODE, FIND_VALUE (for values the run placed on them)
+and PING. A share of nodes may be malicious (:data:`KINDS`, :class:`MaliciousProtocol`),
+to measure how lookups fare against peers that lie or keep silent. Addresses are
 labels in 127.0.0.0/8 that never reach a socket.
 """
 
@@ -25,14 +27,16 @@ import bisect
 import math
 import random
 import selectors
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from kademlia.node import Node
 
 from aether.node.config import NodeConfig
-from aether.node.lookup import Lookup
-from aether.node.protocol import AetherProtocol, error_reply
+from aether.node.lookup import Lookup, LookupResult, find_value, seeds_for
+from aether.node.protocol import AetherProtocol, error_reply, is_node_id
+from aether.node.values import Block, block_key
 from aether.simulations.stats import percentiles
 
 ID_BITS = 160
@@ -72,10 +76,10 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
 # ---------------------------------------------------------------------- the network
 class _Owner:
-    """What :class:`AetherProtocol` asks of its node, for a node that holds no values."""
+    """What :class:`AetherProtocol` asks of its node: the values the run placed on it, and no stores."""
 
-    def __init__(self, node: Node, config: NodeConfig):
-        self.node, self.config, self.store = node, config, None
+    def __init__(self, node: Node, config: NodeConfig, held: dict[bytes, bytes]):
+        self.node, self.config, self.store, self.held = node, config, None, held
         self.ksize, self.alpha = config.ksize, config.alpha
 
     def on_new_contact(self, node: Node) -> None:
@@ -84,8 +88,67 @@ class _Owner:
     def accept_store(self, key: Any, value: Any) -> Any:
         return error_reply("refused", "model nodes hold no values")
 
-    def local_value(self, key: bytes, offset: int = 0) -> None:
-        return None
+    def local_value(self, key: bytes, offset: int = 0) -> bytes | None:
+        return self.held.get(key) if offset == 0 else None
+
+
+KINDS = ("silent", "eclipse", "fabricate", "tamper")
+"""How a malicious node misbehaves. *silent*: never answers. *eclipse*: answers FIND_NODE and
+FIND_VALUE with no value and with the colluders nearest the key as its contacts, so that a
+lookup meets only colluders near the key. *fabricate*: answers with no value and with made-up
+contacts next to the key, at addresses where nobody answers. *tamper*: answers FIND_VALUE with
+a wrong value (and FIND_NODE honestly)."""
+
+
+class MaliciousProtocol(AetherProtocol):
+    """A node's own protocol with its find answers replaced by the lies of its ``kind``.
+
+    Everything else (wire format, routing table, PING) stays honest, so the node
+    stays in its peers' tables as a colluder would take care to.
+    """
+
+    def __init__(self, owner: _Owner, network: MemoryNetwork, kind: str):
+        super().__init__(owner)
+        self.network, self.kind = network, kind
+
+    def rpc_find_node(self, sender: tuple, nodeid: Any, key: Any) -> Any:
+        if self.kind == "tamper":
+            return super().rpc_find_node(sender, nodeid, key)
+        return self._lie(key)
+
+    def rpc_find_value(self, sender: tuple, nodeid: Any, key: Any, offset: Any = 0) -> Any:
+        if self.kind == "tamper":
+            return {"value": self.network.rng.randbytes(64)}
+        return self._lie(key)
+
+    def _lie(self, key: Any) -> Any:
+        if not is_node_id(key):
+            return error_reply("malformed", "key must be 20 bytes")
+        target, k = int.from_bytes(key, "big"), self.router.ksize
+        if self.kind == "eclipse":
+            nodes = [self.network.node(j) for j in self.network.colluders_near(target, k + 1)]
+        else:
+            # IDs that share 40 leading bits with the key, nearer than any real node of a
+            # network under 2^40 nodes; their addresses are past the network's.
+            rng, n = self.network.rng, len(self.network.ids)
+            nodes = [Node((target ^ rng.getrandbits(120)).to_bytes(20, "big"), *_address(n + rng.randrange(n)))
+                     for _ in range(k)]
+        return [[node.id, node.ip, node.port] for node in nodes if node.id != self.source_node.id][:k]
+
+
+def xor_nearest(ids: list[int], target: int, count: int) -> list[int]:
+    """Positions in the sorted ``ids`` of the ``count`` IDs nearest to ``target`` by XOR, nearest first.
+
+    The IDs sharing the longest prefix with the target are nearest; they sit in the
+    smallest aligned block around the target that holds ``count`` of them.
+    """
+    for bits in range(0, ID_BITS + 1, 4):
+        low = (target >> bits) << bits
+        first = bisect.bisect_left(ids, low)
+        last = bisect.bisect_left(ids, low + (1 << bits))
+        if last - first >= count or bits >= ID_BITS:
+            return sorted(range(first, last), key=lambda i: ids[i] ^ target)[:count]
+    return []
 
 
 class _MemoryTransport:
@@ -113,7 +176,7 @@ class MemoryNetwork:
     """``n`` nodes with random IDs; each node's protocol and table is made the first time it is needed."""
 
     def __init__(self, n: int, *, config: NodeConfig | None = None, seed: int = 1, latency_ms: float = 40.0,
-                 dead: float = 0.0):
+                 dead: float = 0.0, malicious: float = 0.0, kind: str = "eclipse"):
         self.rng = random.Random(seed)
         self.config = config or NodeConfig()
         self.latency = latency_ms / 1000
@@ -125,9 +188,40 @@ class MemoryNetwork:
         self.by_address = {_address(i): i for i in range(n)}
         self.dead = set(self.rng.sample(range(n), int(dead * n)))
         """Nodes still in others' tables that no longer answer (killed abruptly)."""
+        self.malicious: dict[int, str] = {}
+        """Malicious nodes and their kinds (:data:`KINDS`); set before the run touches them."""
+        self._colluders: list[int] = []
+        self.held: dict[int, dict[bytes, bytes]] = {}
+        """Values placed on honest nodes, by node."""
         self.protocols: dict[int, AetherProtocol] = {}
         self._nodes: dict[int, Node] = {}
         self.datagrams = 0
+        if malicious:
+            honest = [i for i in range(n) if i not in self.dead]
+            self.make_malicious(self.rng.sample(honest, int(malicious * n)), kind)
+
+    def make_malicious(self, indices: list[int], kind: str) -> None:
+        """Turn the nodes at ``indices`` malicious of ``kind``; eclipse attackers collude with each other."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        for i in indices:
+            self.malicious[i] = kind
+        self._colluders = sorted(self.ids[i] for i, k in self.malicious.items() if k == "eclipse")
+
+    def colluders_near(self, target: int, count: int) -> list[int]:
+        """The eclipse attackers nearest to ``target``, nearest first: what each of them answers about it."""
+        return [self.index[self._colluders[p]] for p in xor_nearest(self._colluders, target, count)]
+
+    def place(self, data: bytes) -> bytes:
+        """Store ``data`` as a block where a publish puts it, on the k nodes nearest its key; its key.
+
+        Malicious nodes among them keep nothing (or keep it and deny it: the same to an asker).
+        """
+        key = block_key(data)
+        for i in xor_nearest(self.ids, int.from_bytes(key, "big"), self.config.ksize):
+            if i not in self.malicious:
+                self.held.setdefault(i, {})[key] = data
+        return key
 
     def node(self, i: int) -> Node:
         found = self._nodes.get(i)
@@ -141,7 +235,9 @@ class MemoryNetwork:
         protocol = self.protocols.get(i)
         if protocol is None:
             node = self.node(i)
-            protocol = AetherProtocol(_Owner(node, self.config))
+            owner = _Owner(node, self.config, self.held.setdefault(i, {}))
+            kind = self.malicious.get(i)
+            protocol = AetherProtocol(owner) if kind is None else MaliciousProtocol(owner, self, kind)
             protocol.connection_made(_MemoryTransport(self, (node.ip, node.port)))
             for j in self._table(i):
                 protocol.router.add_contact(self.node(j))
@@ -165,7 +261,7 @@ class MemoryNetwork:
     def send(self, source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
         self.datagrams += 1
         j = self.by_address.get(destination)
-        if j is None or j in self.dead:
+        if j is None or j in self.dead or self.malicious.get(j) == "silent":
             return  # lost: the sender's timeout will tell it
         delay = self.rng.lognormvariate(math.log(self.latency), 0.5) if self.latency else 0.0
         asyncio.get_running_loop().call_later(delay, self._deliver, j, data, source)
@@ -201,7 +297,7 @@ class LookupStats:
     """Nodes whose protocol and table the run built."""
 
 
-async def _lookups(network: MemoryNetwork, count: int) -> LookupStats:
+async def _lookups(network: MemoryNetwork, count: int, paths: int = 1) -> LookupStats:
     rng = network.rng
     live = [i for i in range(len(network.ids)) if i not in network.dead]
     hops, messages, seconds, found = [], [], [], 0
@@ -211,8 +307,9 @@ async def _lookups(network: MemoryNetwork, count: int) -> LookupStats:
         target = rng.getrandbits(ID_BITS)
         key = target.to_bytes(20, "big")
         k = network.config.ksize
-        seeds = protocol.router.find_neighbors(Node(key), k=k)
-        result = await Lookup(protocol, key, seeds, k=k, alpha=network.config.alpha, want_value=False).run()
+        seeds = seeds_for(protocol, key, k, paths)
+        result = await Lookup(protocol, key, seeds, k=k, alpha=network.config.alpha, want_value=False,
+                              paths=paths).run()
         hops.append(result.hops)
         messages.append(result.messages)
         seconds.append(result.seconds)
@@ -224,10 +321,172 @@ async def _lookups(network: MemoryNetwork, count: int) -> LookupStats:
 
 
 def run_lookups(n: int, count: int = 200, *, seed: int = 1, dead: float = 0.0, latency_ms: float = 40.0,
-                config: NodeConfig | None = None) -> LookupStats:
-    """``count`` lookups of random keys from random live nodes in a modelled network of ``n`` nodes."""
+                config: NodeConfig | None = None, paths: int = 1) -> LookupStats:
+    """``count`` lookups of random keys from random live nodes in a modelled network of ``n`` nodes.
+
+    A lookup on ``paths`` disjoint paths costs what a record lookup costs, which
+    always goes on to each path's k closest."""
     network = MemoryNetwork(n, config=config, seed=seed, latency_ms=latency_ms, dead=dead)
-    return _run(_lookups(network, count))
+    return _run(_lookups(network, count, paths))
+
+
+@dataclass
+class ValueLookupStats:
+    n: int
+    kind: str
+    share: float
+    paths: int
+    """Disjoint paths of the defence (1: a plain lookup only)."""
+    lookups: int
+    found: float
+    """Share of lookups that returned the stored value."""
+    messages: dict[str, float]
+    """Requests per lookup, the retry on d paths included: mean, p50, p99."""
+    retried: float
+    """Share of lookups that found nothing on one path and took the d paths."""
+
+
+async def fetch_block(network: MemoryNetwork, asker: int, key: bytes, paths: int) -> LookupResult:
+    """A lookup of a block the way a node fetches one (:meth:`AetherNode.get_block`), d paths its fallback."""
+    protocol, k, alpha = network.protocol(asker), network.config.ksize, network.config.alpha
+
+    def run(d: int) -> Awaitable[LookupResult]:
+        return Lookup(protocol, key, seeds_for(protocol, key, k, d), k=k, alpha=alpha, want_value=True, paths=d).run()
+
+    return await find_value(run, paths=paths)
+
+
+async def _fetch(network: MemoryNetwork, asker: int, key: bytes, data: bytes, paths: int) -> tuple[bool, int, bool]:
+    """One fetch of ``key``: found it, requests sent, took the d paths."""
+    result = await fetch_block(network, asker, key, paths)
+    return isinstance(result.value, Block) and result.value.data == data, result.messages, result.paths > 1
+
+
+async def _value_lookups(network: MemoryNetwork, count: int, paths: int, seed: int) -> list[tuple[bool, int, bool]]:
+    """``count`` fetches of freshly placed values by random honest nodes.
+
+    Keys and askers come from a generator of their own, so two networks built
+    with the same seed see the same fetches whatever their lookups did.
+    """
+    rng = random.Random(seed)
+    honest = [i for i in range(len(network.ids)) if i not in network.malicious and i not in network.dead]
+    fetches = []
+    for _ in range(count):
+        data = rng.randbytes(48)
+        key = network.place(data)
+        asker = rng.choice([i for i in rng.sample(honest, 4) if key not in network.held.get(i, {})] or honest)
+        fetches.append(await _fetch(network, asker, key, data, paths))
+    return fetches
+
+
+def _value_stats(n: int, kind: str, share: float, paths: int, fetches: list[tuple[bool, int, bool]]) -> ValueLookupStats:
+    messages = [m for _, m, _ in fetches]
+    count = len(fetches)
+    return ValueLookupStats(n, kind, share, paths, count, sum(f for f, _, _ in fetches) / count,
+                            {"mean": round(sum(messages) / count, 1), **percentiles(messages, (50, 99))},
+                            sum(r for _, _, r in fetches) / count)
+
+
+def run_value_lookups(n: int, count: int = 100, *, kind: str = "eclipse", share: float = 0.0, paths: int = 1,
+                      seed: int = 1, latency_ms: float = 40.0, config: NodeConfig | None = None) -> ValueLookupStats:
+    """Fetches of stored values in a network of ``n`` where ``share`` of the nodes are malicious of ``kind``.
+
+    Each value is placed on the k nodes nearest its key (the malicious ones among
+    them deny holding it) and fetched by a random honest node the way a node
+    fetches a block (:func:`aether.node.lookup.find_value`), on ``paths`` paths.
+    """
+    network = MemoryNetwork(n, config=config, seed=seed, latency_ms=latency_ms, malicious=share, kind=kind)
+    return _value_stats(n, kind, share, paths, _run(_value_lookups(network, count, paths, seed)))
+
+
+def targeted_network(n: int, attackers: int, *, seed: int, config: NodeConfig | None = None,
+                     latency_ms: float = 40.0) -> tuple[MemoryNetwork, bytes, bytes, int]:
+    """A network where ``attackers`` eclipse colluders sit nearest one value's key; the network, key, value, an asker.
+
+    The colluders came after the value was stored, with IDs ground to lie
+    nearer its key than any holder (an ID is a hash of a public key: about n
+    key pairs per node placed), so the value is held by the k honest nodes
+    just past them.
+    """
+    network = MemoryNetwork(n, config=config, seed=seed, latency_ms=latency_ms)
+    rng = random.Random(seed)
+    data = rng.randbytes(48)
+    key = block_key(data)
+    near = xor_nearest(network.ids, int.from_bytes(key, "big"), attackers + network.config.ksize)
+    network.make_malicious(near[:attackers], "eclipse")
+    for i in near[attackers:]:
+        network.held.setdefault(i, {})[key] = data
+    asker = rng.choice([i for i in range(n) if i not in near])
+    return network, key, data, asker
+
+
+def run_targeted(n: int, count: int, attackers: int, *, paths: int = 1, seed: int = 1,
+                 config: NodeConfig | None = None) -> ValueLookupStats:
+    """``count`` fetches, each in its own network where ``attackers`` colluders sit nearest the key."""
+    fetches = []
+    for trial in range(count):
+        network, key, data, asker = targeted_network(n, attackers, seed=seed * 100_003 + trial, config=config)
+        fetches.append(_run(_fetch(network, asker, key, data, paths)))
+    return _value_stats(n, "eclipse", attackers / n, paths, fetches)
+
+
+ADVERSARIAL_SHARES = (0.0, 0.1, 0.2, 0.3)
+TARGETED_MULTIPLES = (0.5, 1.0, 2.0)
+"""Colluders placed nearest one key, in multiples of k (a quarter of the lookups each, one network per lookup)."""
+
+
+def _cell(stats: ValueLookupStats) -> dict[str, Any]:
+    return {"found": stats.found, "messages": stats.messages, "retried": stats.retried}
+
+
+def adversarial_report(n: int, *, lookups: int = 100, seed: int = 1, paths: int | None = None,
+                       shares: tuple[float, ...] = ADVERSARIAL_SHARES, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
+    """Value lookups against each kind and share of malicious nodes: one path, then the defence of d paths."""
+    config = NodeConfig() if paths is None else NodeConfig(lookup_paths=paths)
+    rows = []
+    for kind in kinds:
+        for share in shares:
+            if share == 0 and kind != kinds[0]:
+                continue  # nobody malicious: the same network whatever the kind
+            row: dict[str, Any] = {"kind": kind if share else "none", "share": share}
+            for label, d in (("single", 1), ("paths", config.lookup_paths)):
+                row[label] = _cell(run_value_lookups(n, lookups, kind=kind, share=share, paths=d, seed=seed,
+                                                     config=config))
+            rows.append(row)
+    for multiple in TARGETED_MULTIPLES:
+        attackers = int(multiple * config.ksize)
+        row = {"kind": "eclipse", "share": 0.0, "targeted": attackers}
+        for label, d in (("single", 1), ("paths", config.lookup_paths)):
+            row[label] = _cell(run_targeted(n, max(1, lookups // 4), attackers, paths=d, seed=seed, config=config))
+        rows.append(row)
+    # What a record lookup costs, which always takes the d paths: to the k closest, nobody malicious.
+    collect = {label: run_lookups(n, lookups, seed=seed, config=config, paths=d).messages
+               for label, d in (("single", 1), ("paths", config.lookup_paths))}
+    return {"mode": "adversarial", "nodes": n, "seed": seed, "lookups": lookups, "k": config.ksize,
+            "alpha": config.alpha, "paths": config.lookup_paths, "rows": rows, "collect_messages": collect}
+
+
+def render_adversarial(r: dict[str, Any]) -> str:
+    lines = [
+        f"aether-node simulate --model --adversarial: {r['nodes']:,} nodes on simulated time (seed {r['seed']}), "
+        f"{r['lookups']} value lookups per row, k = {r['k']}, α = {r['alpha']}, d = {r['paths']}",
+        f"  {'malicious':<16} {'1 path: found':>14} {'msgs mean':>10} {'p99':>5}   "
+        f"{'d paths: found':>15} {'msgs mean':>10} {'p99':>5} {'retried':>8}",
+    ]
+    for row in r["rows"]:
+        one, d = row["single"], row["paths"]
+        if row.get("targeted"):
+            label = f"{row['targeted']} at the key"
+        else:
+            label = "none" if not row["share"] else f"{row['share']:.0%} {row['kind']}"
+        lines.append(f"  {label:<16} {one['found']:>14.1%} {one['messages']['mean']:>10.1f} {one['messages']['p99']:>5.0f}   "
+                     f"{d['found']:>15.1%} {d['messages']['mean']:>10.1f} {d['messages']['p99']:>5.0f} "
+                     f"{d['retried']:>8.0%}")
+    single, paths = r["collect_messages"]["single"], r["collect_messages"]["paths"]
+    lines.append(f"  a lookup that goes on to the k closest (records, index terms), nobody malicious: messages "
+                 f"p50 {single['p50']:.0f} on 1 path, {paths['p50']:.0f} on {r['paths']} (p99 {single['p99']:.0f}, "
+                 f"{paths['p99']:.0f})")
+    return "\n".join(lines)
 
 
 def _run(work: Any) -> Any:
