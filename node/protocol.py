@@ -33,6 +33,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from aether.node import wire
+from aether.node.ratelimit import BUSY, RequestLimits
 from aether.node.routing import AetherRoutingTable
 from aether.node.rtt import RttEstimator
 from aether.node.values import KEY_BYTES
@@ -109,6 +110,7 @@ class AetherProtocol(KademliaProtocol):
         )
         self.stale_after = config.stale_after_failures
         self.stats: Counter[str] = Counter()
+        self.limits = RequestLimits(config, clock=self._clock)
         self._failures: dict[bytes, tuple[int, float]] = {}
         """Per contact: unanswered requests in a row, and when the last was counted (loop clock)."""
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
@@ -168,7 +170,14 @@ class AetherProtocol(KademliaProtocol):
             return
         self.stats[f"rpc_{name}"] += 1
         try:
-            result = getattr(self, f"rpc_{name}")(address, *args)
+            if self.limits.admit(name, args, address):
+                result = getattr(self, f"rpc_{name}")(address, *args)
+            elif name == "store":  # refused, not dropped: see aether.node.ratelimit
+                self.stats["store_refused_busy"] += 1
+                result = error_reply(BUSY, "this peer has stored more than its allowance here; try the next node")
+            else:
+                self.stats["rate_dropped"] += 1
+                return
             self.transport.sendto(wire.encode_response(message.msg_id, result), address)
         except wire.WireError as exc:
             log.error("reply to %s not sent: %s", address, exc)

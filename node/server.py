@@ -36,6 +36,7 @@ from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
 from aether.node.lookup import Lookup, LookupResult
 from aether.node.protocol import AetherProtocol, error_reply
+from aether.node.ratelimit import BUSY
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
     merge_entries, newest_first,
@@ -83,8 +84,8 @@ FULL = "full"
 """The error a STORE gets from a node with no room left: the value belongs on the next closest node."""
 LIGHT = "light"
 """The error a STORE gets from a light client (a phone, a device on battery): it holds no replicas."""
-REFUSED_ELSEWHERE = frozenset({FULL, LIGHT})
-"""Refusals that send the value on to the next closest node."""
+REFUSED_ELSEWHERE = frozenset({FULL, LIGHT, BUSY})
+"""Refusals that send the value on to the next closest node (BUSY: we sent that node more than its limit)."""
 LIGHT_MEMORY = 600.0
 """Seconds a peer that answered "light" is not offered replicas (it may be plugged in by then)."""
 USED_REREAD = 10.0
