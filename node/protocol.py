@@ -102,9 +102,12 @@ class FindReply:
 class AetherProtocol(KademliaProtocol):
     def __init__(self, owner: AetherNode):
         super().__init__(owner.node, owner.store, owner.ksize)
-        self.router = AetherRoutingTable(self, owner.ksize, owner.node)
-        self.owner = owner
         config = owner.config
+        self.router = AetherRoutingTable(
+            self, owner.ksize, owner.node, per_bucket=config.contacts_per_subnet_bucket,
+            per_table=config.contacts_per_subnet, restrict_loopback=config.restrict_loopback,
+        )
+        self.owner = owner
         self.rtt = RttEstimator(
             initial=config.rpc_timeout_initial, minimum=config.rpc_timeout_min, maximum=config.rpc_timeout_max
         )
