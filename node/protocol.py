@@ -33,7 +33,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from aether.node import wire
-from aether.node.ratelimit import BUSY, RequestLimits
+from aether.node.ratelimit import BUSY, REFUSE, SERVE, RequestLimits
 from aether.node.routing import AetherRoutingTable
 from aether.node.rtt import RttEstimator
 from aether.node.values import KEY_BYTES
@@ -173,9 +173,10 @@ class AetherProtocol(KademliaProtocol):
             return
         self.stats[f"rpc_{name}"] += 1
         try:
-            if self.limits.admit(name, args, address):
+            verdict = self.limits.admit(name, args, address)  # see aether.node.ratelimit
+            if verdict == SERVE:
                 result = getattr(self, f"rpc_{name}")(address, *args)
-            elif name == "store":  # refused, not dropped: see aether.node.ratelimit
+            elif verdict == REFUSE:
                 self.stats["store_refused_busy"] += 1
                 result = error_reply(BUSY, "this peer has stored more than its allowance here; try the next node")
             else:

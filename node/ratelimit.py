@@ -13,6 +13,8 @@ Over the limit:
 * a STORE is answered ``{"error": "busy"}`` (``error_reply``) before its value
   is checked: an honest storer that met the limit learns that the value belongs
   on the next closest node, instead of timing out and counting us as failing.
+  The refusal costs the source a request token, so a source past both
+  allowances (a flooder) is dropped like any other request.
 
 Sources are kept in an LRU of ``rate_limited_sources`` entries, so memory is
 bounded whatever the number of addresses a peer sends from.
@@ -30,6 +32,8 @@ from aether.storage.store import value_charge
 
 BUSY = "busy"
 """The error a STORE gets from a node its sender has sent more bytes than its allowance."""
+SERVE, REFUSE, DROP = "serve", "refuse", "drop"
+"""What to do with a request: :meth:`RequestLimits.admit`."""
 
 
 class SourceLimiter:
@@ -75,9 +79,15 @@ class RequestLimits:
         self.store_bytes = SourceLimiter(config.store_bytes_per_second, config.store_burst_bytes,
                                          config.rate_limited_sources, clock)
 
-    def admit(self, name: str, args: list, address: tuple) -> bool:
-        """Whether a request from ``address`` is within its source's allowance (and spend it)."""
+    def admit(self, name: str, args: list, address: tuple) -> str:
+        """SERVE, REFUSE (a STORE past its byte allowance) or DROP a request from ``address``, spending its allowance.
+
+        A refusal costs a request token: a source past both allowances (a
+        flooder, not a storer that sent a large hand-off) is not even answered.
+        """
         source = source_of(address, self.restrict_loopback)
-        if name == "store":
-            return self.store_bytes.take(source, store_cost(args[1], args[2]))
-        return self.requests.take(source)
+        if name == "store" and self.store_bytes.take(source, store_cost(args[1], args[2])):
+            return SERVE
+        if not self.requests.take(source):
+            return DROP
+        return REFUSE if name == "store" else SERVE
