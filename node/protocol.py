@@ -43,8 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RPC_ARITY = {"ping": {1}, "stun": {0}, "store": {3}, "find_node": {2}, "find_value": {2, 3}, "team_share": {2}}
+RPC_ARITY = {
+    "ping": {1}, "stun": {0}, "store": {3, 4}, "find_node": {2}, "find_value": {2, 3}, "team_share": {2},
+    "identify": {2},
+}
 """Each RPC a peer may call, with the numbers of arguments it takes.
+
+STORE's optional fourth argument and IDENTIFY (node id, nonce) prove the
+sender's node ID (node/proofs.py); a stock node sends neither.
 
 FIND_VALUE's optional third argument asks a holder of a shared key for the
 page of entries starting at that offset; only aether nodes send it, and only
