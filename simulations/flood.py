@@ -5,8 +5,10 @@ event loop::
 
     python -m aether.simulations.flood HOST PORT [--bind 127.0.0.2] [--seconds 5] [--max 200000]
 
-Every STORE carries a valid block (random bytes under their own hash), which
-an unprotected node accepts. When it stops (after ``--seconds`` or ``--max``
+The flooder plays by the protocol where that helps it: it has a key of its
+own, proves its node ID to the victim once (IDENTIFY, node/proofs.py) and
+sends that proof with every STORE, each of a valid block (random bytes under
+their own hash), which a node without rate limits accepts. When it stops (after ``--seconds`` or ``--max``
 datagrams, or when its stdin closes) it prints one JSON line: datagrams sent
 of each kind, STORE bytes sent, and the keys of the blocks it offered, so the
 caller can see which of them the victim holds. Used by the flood test and by
@@ -22,8 +24,11 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
+from aether.crypto.identity import Identity, node_id_for
 from aether.node import wire
+from aether.node.proofs import DOMAIN, NONCE_BYTES
 from aether.node.values import block_key
 
 BLOCK_BYTES = 6 * 1024
@@ -35,9 +40,11 @@ def flood(target: tuple[str, int], bind: str, seconds: float, limit: int, stop: 
     """Send requests to ``target`` from one socket on ``bind`` until time, count or ``stop`` runs out."""
     blocks = [os.urandom(BLOCK_BYTES) for _ in range(POOL)]
     keys = [block_key(b) for b in blocks]
-    own_id = os.urandom(20)
+    identity = Identity.generate()
+    own_id = identity.node_id
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((bind, 0))
+    proof = prove(sock, target, identity)
     sent = {"find_node": 0, "find_value": 0, "store": 0, "store_bytes": 0, "errors": 0}
     deadline = time.monotonic() + seconds
     i = 0
@@ -45,7 +52,7 @@ def flood(target: tuple[str, int], bind: str, seconds: float, limit: int, stop: 
         kind = ("find_node", "find_value", "store")[i % 3]
         if kind == "store":
             n = (i // 3) % POOL
-            args = [own_id, keys[n], blocks[n]]
+            args = [own_id, keys[n], blocks[n]] + ([proof] if proof else [])
             sent["store_bytes"] += len(blocks[n])
         else:
             args = [own_id, os.urandom(20)]
@@ -57,7 +64,22 @@ def flood(target: tuple[str, int], bind: str, seconds: float, limit: int, stop: 
         i += 1
     sock.close()
     sent["keys"] = [k.hex() for k in keys[: min(POOL, sent["store"])]]
+    sent["proven"] = proof is not None
     return sent
+
+
+def prove(sock: socket.socket, target: tuple[str, int], identity: Identity) -> list[Any] | None:
+    """The proof of our node ID the target asks of a storer, from one IDENTIFY exchange (None if it fails)."""
+    sock.settimeout(5.0)
+    try:
+        sock.sendto(wire.encode_request(os.urandom(wire.MSG_ID_BYTES), "identify",
+                                        [identity.node_id, os.urandom(NONCE_BYTES)]), target)
+        signing_public, _, challenge = wire.decode(sock.recvfrom(wire.MAX_DATAGRAM)[0]).body
+        return [identity.public.signing_public, identity.sign(DOMAIN + challenge + node_id_for(signing_public))]
+    except (OSError, ValueError, TypeError):
+        return None
+    finally:
+        sock.settimeout(None)
 
 
 def main(argv: list[str] | None = None) -> None:
