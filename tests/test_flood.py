@@ -34,7 +34,7 @@ FLOODER = "127.0.0.2"
 async def start_flooder(victim: tuple[str, int], seconds: float) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "aether.simulations.flood", victim[0], str(victim[1]), "--bind", FLOODER,
-        "--seconds", str(seconds), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        "--seconds", str(seconds), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 22,
     )
     assert (await asyncio.wait_for(process.stdout.readline(), 30)).strip() == b"ready"
     return process
