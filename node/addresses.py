@@ -32,11 +32,6 @@ def _parse(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-def is_loopback(host: str) -> bool:
-    address = _parse(host)
-    return address is not None and address.is_loopback
-
-
 def source_of(address: tuple, restrict_loopback: bool = False) -> Source:
     """The key one sender's requests are counted under."""
     host = str(address[0])

@@ -14,7 +14,8 @@ proved their ID:
   address the request went to, so the key holder answers at that address.
 * The **challenge** is an HMAC, under a secret of the answering node, of the
   asker's address, its ID and the current ten-minute window: the answerer
-  keeps no state per asker.
+  keeps no state per asker. The secret is derived from the node's signing
+  key, so a restarted node still accepts the proofs its peers hold.
 * **STORE** takes a fourth argument from aether nodes, the storer's proof
   ``[signing key, signature of DOMAIN ‖ challenge ‖ receiver's ID]``; the
   receiver recomputes the challenge for the sender's address, checks key,
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from aether.node.server import AetherNode
 
 DOMAIN = b"aether-identify/1\0"
+SECRET_LABEL = b"aether-identify/1 challenge secret"
+"""What this node signs to derive the key of its challenges' HMAC."""
 NONCE_BYTES = 16
 WINDOW = 600.0
 """Seconds a challenge is issued for; one is accepted in its window and the next."""
@@ -106,7 +109,9 @@ class Proofs:
         self.owner = owner
         self.identity = owner.identity
         self._clock = clock
-        self._secret = os.urandom(32)
+        # Ed25519 signatures are deterministic: the same secret after a restart, so the
+        # proofs peers hold for this node stay good; it never leaves the node.
+        self._secret = hashlib.sha256(owner.identity.sign(SECRET_LABEL)).digest()
         self._ours = _Lru()
         """Per contact that proved itself to us: the proof we send it with each STORE (None: it failed)."""
         self._storers = _Lru()
@@ -117,7 +122,7 @@ class Proofs:
     def challenge(self, address: tuple, node_id: bytes, window: int | None = None) -> bytes:
         """What the peer at ``address`` claiming ``node_id`` must sign to prove itself in a STORE."""
         if window is None:
-            window = int(self._clock() // WINDOW)
+            window = int(time.time() // WINDOW)  # wall time: the same window before and after a restart
         data = b"%d|%s|%d|" % (window, str(address[0]).encode(), int(address[1])) + node_id
         return hmac.new(self._secret, data, hashlib.sha256).digest()[:NONCE_BYTES]
 
@@ -134,7 +139,7 @@ class Proofs:
             return True
         if type(proof) is not list or len(proof) != 2:
             return False
-        window = int(now // WINDOW)
+        window = int(time.time() // WINDOW)
         for w in (window, window - 1):
             message = DOMAIN + self.challenge(address, node_id, w) + self.owner.node.id
             if _verify(proof[0], proof[1], message, node_id):

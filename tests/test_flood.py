@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-import pytest
 from kademlia.node import Node
 
 from aether.node.values import Block, block_key

@@ -99,3 +99,24 @@ async def test_proofs_are_exchanged_once_per_contact_and_concurrently(tmp_path):
         assert storer.protocol.stats["proofs_ok"] - before <= len(others)
         assert all(n.store.contains(block_key(b)) for n in others for b in blocks)
         assert sum(n.protocol.stats["rpc_identify"] for n in others) <= len(others) + before
+
+
+async def test_a_restarted_node_still_accepts_the_proof_its_peers_hold(tmp_path):
+    storer = await start_node(tmp_path / "storer", QUIET)
+    holder = await start_node(tmp_path / "holder", QUIET)
+    try:
+        first, second = os.urandom(500), os.urandom(500)
+        ok, reply = await storer.protocol.call_store(contact(holder), block_key(first), first)
+        assert ok and reply.get("stored")
+        port = holder.address[1]
+        holder.stop()
+        holder.store.close()
+        await asyncio.sleep(0)  # the socket closes on the loop's next turn
+        holder = await start_node(tmp_path / "holder", QUIET, port=port)
+        ok, reply = await storer.protocol.call_store(contact(holder), block_key(second), second)
+        assert ok and reply.get("stored"), reply
+        assert storer.protocol.stats["proofs_ok"] == 1, "the proof held from before the restart was used"
+    finally:
+        for node in (storer, holder):
+            node.stop()
+            node.store.close()
