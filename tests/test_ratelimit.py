@@ -140,7 +140,7 @@ def test_the_config_template_lists_the_limits_at_their_defaults(tmp_path):
     from aether.node.home import CONFIG_TEMPLATE, Home
 
     names = ["requests_per_second", "requests_burst", "store_bytes_per_second", "store_burst_bytes",
-             "contacts_per_subnet_bucket", "contacts_per_subnet", "restrict_loopback"]
+             "rate_limited_sources", "contacts_per_subnet_bucket", "contacts_per_subnet", "restrict_loopback"]
     text = CONFIG_TEMPLATE
     for name in names:
         text, n = re.subn(rf"(?m)^# ({name} = \S+)", r"\1", text)
