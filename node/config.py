@@ -63,10 +63,33 @@ class NodeConfig:
     """Entries one shared key (an index term, a pattern hash) holds; the newest are kept."""
     max_pattern_bytes: int = 1 << 20
     """Largest pattern document this node publishes (at most 1.5 MiB, 256 blocks)."""
+    requests_per_second: float = 50.0
+    """Requests (all but STORE) one source may make per second, sustained; past it they are dropped."""
+    requests_burst: int = 500
+    """Requests one source may make at once: a joining node's bucket refreshes ask one peer a few hundred times."""
+    store_bytes_per_second: int = 256 * 1024
+    """STORE bytes one source may send per second, sustained: a holder re-replicating 1 GB an hour needs ~280 kB/s."""
+    store_burst_bytes: int = 16 * 1024 * 1024
+    """STORE bytes one source may send at once: a hand-off gives a new neighbour its share in one pass."""
+    rate_limited_sources: int = 4096
+    """Sources whose rate state is kept (least recently heard from forgotten first): bounds the memory."""
+    contacts_per_subnet_bucket: int = 2
+    """Routing-table contacts from one /24 (IPv4) or /48 (IPv6) in one bucket, replacements included."""
+    contacts_per_subnet: int = 8
+    """Routing-table contacts from one /24 or /48 in the whole table, replacements included."""
+    restrict_loopback: bool = False
+    """Treat loopback addresses like any other: one rate limit per IP (not per IP and port), subnet limits applied.
+
+    Off by default so that many nodes on one machine (simulations, benchmarks)
+    work; tests of the defences turn it on."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.type == "bool":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{f.name} must be true or false, not {value!r}")
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{f.name} must be a number, not {value!r}")
             if value <= 0:
@@ -76,7 +99,8 @@ class NodeConfig:
         if not self.rpc_timeout_min <= self.rpc_timeout_initial <= self.rpc_timeout_max:
             raise ConfigError("need rpc_timeout_min <= rpc_timeout_initial <= rpc_timeout_max")
         for name in ("ksize", "alpha", "lookup_paths", "stale_after_failures", "quota_bytes", "max_entries_per_key",
-                     "max_pattern_bytes"):
+                     "max_pattern_bytes", "requests_burst", "store_bytes_per_second", "store_burst_bytes",
+                     "rate_limited_sources", "contacts_per_subnet_bucket", "contacts_per_subnet"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number")
 

@@ -52,6 +52,15 @@ mdns = true
 # contacts_save_interval = 60   # saving the routing table, for rejoining after a restart
 # max_entries_per_key = 64      # index entries one shared key holds (newest kept)
 # max_pattern_bytes = 1048576   # largest pattern document published (at most 1572864)
+# Abuse limits, per source address (docs/design.md "Abuse resistance"):
+# requests_per_second = 50      # requests one address may make, sustained; past it they are dropped
+# requests_burst = 500          # requests one address may make at once
+# store_bytes_per_second = 262144     # STORE bytes one address may send, sustained; past it "busy"
+# store_burst_bytes = 16777216  # STORE bytes one address may send at once (a hand-off to a new neighbour)
+# rate_limited_sources = 4096   # addresses whose rate state is kept (least recently heard forgotten first)
+# contacts_per_subnet_bucket = 2      # routing-table contacts from one /24 (IPv6: /48) per bucket
+# contacts_per_subnet = 8       # ... and in the whole table
+# restrict_loopback = false     # true: limit 127.0.0.0/8 like other addresses (one machine, many nodes: keep false)
 
 [teams]
 # inbox_interval = 300          # seconds between reads of this node's inbox (shares of new teams)

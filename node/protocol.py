@@ -33,6 +33,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from aether.node import wire
+from aether.node.ratelimit import BUSY, REFUSE, SERVE, RequestLimits
 from aether.node.routing import AetherRoutingTable
 from aether.node.rtt import RttEstimator
 from aether.node.values import KEY_BYTES
@@ -42,8 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RPC_ARITY = {"ping": {1}, "stun": {0}, "store": {3}, "find_node": {2}, "find_value": {2, 3}, "team_share": {2}}
+RPC_ARITY = {
+    "ping": {1}, "stun": {0}, "store": {3, 4}, "find_node": {2}, "find_value": {2, 3}, "team_share": {2},
+    "identify": {2},
+}
 """Each RPC a peer may call, with the numbers of arguments it takes.
+
+STORE's optional fourth argument and IDENTIFY (node id, nonce) prove the
+sender's node ID (node/proofs.py); a stock node sends neither.
 
 FIND_VALUE's optional third argument asks a holder of a shared key for the
 page of entries starting at that offset; only aether nodes send it, and only
@@ -101,14 +108,18 @@ class FindReply:
 class AetherProtocol(KademliaProtocol):
     def __init__(self, owner: AetherNode):
         super().__init__(owner.node, owner.store, owner.ksize)
-        self.router = AetherRoutingTable(self, owner.ksize, owner.node)
-        self.owner = owner
         config = owner.config
+        self.router = AetherRoutingTable(
+            self, owner.ksize, owner.node, per_bucket=config.contacts_per_subnet_bucket,
+            per_table=config.contacts_per_subnet, restrict_loopback=config.restrict_loopback,
+        )
+        self.owner = owner
         self.rtt = RttEstimator(
             initial=config.rpc_timeout_initial, minimum=config.rpc_timeout_min, maximum=config.rpc_timeout_max
         )
         self.stale_after = config.stale_after_failures
         self.stats: Counter[str] = Counter()
+        self.limits = RequestLimits(config, clock=self._clock)
         self._failures: dict[bytes, tuple[int, float]] = {}
         """Per contact: unanswered requests in a row, and when the last was counted (loop clock)."""
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
@@ -168,7 +179,15 @@ class AetherProtocol(KademliaProtocol):
             return
         self.stats[f"rpc_{name}"] += 1
         try:
-            result = getattr(self, f"rpc_{name}")(address, *args)
+            verdict = self.limits.admit(name, args, address)  # see aether.node.ratelimit
+            if verdict == SERVE:
+                result = getattr(self, f"rpc_{name}")(address, *args)
+            elif verdict == REFUSE:
+                self.stats["store_refused_busy"] += 1
+                result = error_reply(BUSY, "this peer has stored more than its allowance here; try the next node")
+            else:
+                self.stats["rate_dropped"] += 1
+                return
             self.transport.sendto(wire.encode_response(message.msg_id, result), address)
         except wire.WireError as exc:
             log.error("reply to %s not sent: %s", address, exc)

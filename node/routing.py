@@ -12,15 +12,27 @@ Two stock helpers that run for every datagram are made cheaper without
 changing what they return: the bucket of an ID is found by bisection, not a
 scan, and a full bucket's depth (its contacts' shared ID prefix) comes from
 the XOR of its smallest and largest ID, not from 160-character bit strings.
+
+Diversity (as S/Kademlia and libtorrent's ``restrict_routing_ips``): a new
+contact is refused when its /24 (IPv4) or /48 (IPv6) already has
+``per_bucket`` contacts in its bucket or ``per_table`` in the whole table,
+replacement caches included (the stock bucket promotes a replacement without
+asking us). One host or one hosting block can then not fill the table, nor
+the bucket nearest a key, with IDs it generated. Loopback contacts are exempt
+unless ``restrict_loopback`` is set (:mod:`aether.node.addresses`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+from itertools import chain
+from typing import Any, Iterable
 
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
+
+from aether.node.addresses import subnet_of
 
 ID_BITS = 160
 
@@ -50,7 +62,19 @@ def _top_bit(value: int) -> int:
     return 1 << (value.bit_length() - 1) if value else 0
 
 
+def _members(bucket: KBucket) -> Iterable[Node]:
+    """A bucket's contacts and its replacement cache (which the stock bucket promotes on removal)."""
+    return chain(bucket.nodes.values(), bucket.replacement_nodes.values())
+
+
 class AetherRoutingTable(RoutingTable):
+    def __init__(self, protocol: Any, ksize: int, node: Node, *, per_bucket: int = 2, per_table: int = 8,
+                 restrict_loopback: bool = False):
+        super().__init__(protocol, ksize, node)
+        self.per_bucket, self.per_table, self.restrict_loopback = per_bucket, per_table, restrict_loopback
+        self.subnet_refusals = 0
+        """New contacts refused because their subnet had its share of the table already."""
+
     def get_bucket_for(self, node: Node) -> int:
         """Index of the bucket whose range holds ``node`` (buckets only ever split, so ranges stay sorted)."""
         uppers = self._uppers()
@@ -68,6 +92,9 @@ class AetherRoutingTable(RoutingTable):
         """Stock ``add_contact`` (Kademlia section 4.2 splitting), with the cheap depth."""
         index = self.get_bucket_for(node)
         bucket = self.buckets[index]
+        if not self._diverse_with(node, bucket):
+            self.subnet_refusals += 1
+            return
         if bucket.add_node(node):
             return
         if bucket.has_in_range(self.node) or bucket_depth(bucket) % 5 != 0:
@@ -75,6 +102,19 @@ class AetherRoutingTable(RoutingTable):
             self.add_contact(node)
         else:
             asyncio.ensure_future(self.protocol.call_ping(bucket.head()))
+
+    def _diverse_with(self, node: Node, bucket: KBucket) -> bool:
+        """Whether ``node`` may join ``bucket`` without its subnet passing its share of the bucket or table."""
+        subnet = subnet_of(node.ip, self.restrict_loopback)
+        if subnet is None or node.id in bucket.nodes or node.id in bucket.replacement_nodes:
+            return True
+
+        def same(n: Node) -> bool:
+            return subnet_of(n.ip, self.restrict_loopback) == subnet
+
+        if sum(map(same, _members(bucket))) >= self.per_bucket:
+            return False
+        return sum(map(same, chain.from_iterable(map(_members, self.buckets)))) < self.per_table
 
     def find_neighbors(self, node: Node, k: int | None = None, exclude: Node | None = None) -> list[Node]:
         """The ``k`` contacts closest to ``node``, nearest first, leaving out ``node`` and ``exclude``'s address."""

@@ -35,7 +35,9 @@ from aether.node.chunks import BLOCK_BYTES
 from aether.node.config import NodeConfig
 from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
 from aether.node.lookup import Lookup, LookupResult, find_value, seeds_for
+from aether.node.proofs import UNPROVEN, ProvingProtocol
 from aether.node.protocol import AetherProtocol, error_reply
+from aether.node.ratelimit import BUSY
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
     merge_entries, newest_first,
@@ -83,8 +85,10 @@ FULL = "full"
 """The error a STORE gets from a node with no room left: the value belongs on the next closest node."""
 LIGHT = "light"
 """The error a STORE gets from a light client (a phone, a device on battery): it holds no replicas."""
-REFUSED_ELSEWHERE = frozenset({FULL, LIGHT})
-"""Refusals that send the value on to the next closest node."""
+REFUSED_ELSEWHERE = frozenset({FULL, LIGHT, BUSY, UNPROVEN})
+"""Refusals that send the value on to the next closest node.
+
+BUSY: we sent that node more than its limit; UNPROVEN: it did not prove its node ID (node/proofs.py)."""
 LIGHT_MEMORY = 600.0
 """Seconds a peer that answered "light" is not offered replicas (it may be plugged in by then)."""
 USED_REREAD = 10.0
@@ -153,7 +157,7 @@ def charge_of(checked: Block | Record | Entry) -> int:
 
 
 class AetherNode(Server):
-    protocol_class = AetherProtocol
+    protocol_class = ProvingProtocol
 
     def __init__(self, identity: Identity, store: Store, config: NodeConfig | None = None):
         self.config = config or NodeConfig()

@@ -79,6 +79,12 @@ class OursPeer(_Ours):
 
     wire = "rpcudp"
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The load generator is one source sending as fast as the node answers: its
+        # request limit is lifted, as OpenDHT's is (setRateLimit(-1, -1) below).
+        self.config = self.config.replace(requests_per_second=1e9, requests_burst=10**9)
+
     async def store_value(self, node: Any, handle: Any, key_string: str, value: bytes) -> bool:
         ok, _ = await self.store(node, handle, key_string, value)
         return ok
