@@ -11,7 +11,7 @@ import msgpack
 import pytest
 from kademlia.node import Node
 
-from aether.node import protocol, wire
+from aether.node import protocol, server, wire
 from aether.node.values import block_key
 from aether.simulations.network import address_of, start_node, stop_all
 
@@ -214,3 +214,40 @@ async def test_requests_awaiting_replies_are_capped_and_the_next_fails_at_once_u
         node.protocol.close()  # resolves the five still waiting
         silent.close()
     assert all(w.done() for w in waiting)
+
+
+async def test_contacts_last_heard_from_are_remembered_up_to_the_limit(target, monkeypatch):
+    node, _, _ = target
+    monkeypatch.setattr(protocol, "MAX_REMEMBERED_SEEN", 3)
+    client = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        for i in range(1, 6):  # five peers, one address: each ping is a new contact
+            await client.send(request("ping", bytes([i]) * 20), address_of(node))
+            await asyncio.wait_for(client.recv(), 5)
+    finally:
+        client.close()
+    assert list(node.protocol._last_seen) == [bytes([i]) * 20 for i in (3, 4, 5)]
+
+
+async def test_timed_out_requests_are_remembered_up_to_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "MAX_REMEMBERED_TIMEOUTS", 2)
+    node = await start_node(tmp_path / "asker", QUIET.replace(rpc_timeout_min=0.05, rpc_timeout_initial=0.05,
+                                                              rpc_timeout_max=0.05))
+    silent = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(node.protocol.ping(silent.sockname, node.node.id) for _ in range(3))), 10)
+        assert results == [(False, None)] * 3
+        assert len(node.protocol._timed_out) == 2 and node.protocol.stats["timeouts"] == 3
+    finally:
+        silent.close()
+        stop_all([node])
+
+
+async def test_store_receipts_are_remembered_for_at_most_max_offers_peers(target, monkeypatch):
+    node, _, _ = target
+    monkeypatch.setattr(server, "MAX_OFFERS", 3)
+    peers = [Node(bytes([i]) * 20, "127.0.0.1", 1000 + i) for i in range(1, 6)]
+    for peer in peers:
+        assert node.refusal(peer, {"stored": True, "spare": 10, "uptime": 10}) is None
+    assert list(node._offers) == [p.id for p in peers[-3:]]
