@@ -50,7 +50,16 @@ from hypothesis import strategies as st
 from kademlia.node import Node
 
 from aether.crypto.identity import Identity
-from aether.crypto.records import MAX_NAME_BYTES, MAX_RECORD_BYTES, RecordError, SignedRecord, create_record, decode_record, parse_and_verify, topic_key
+from aether.crypto.records import (
+    MAX_NAME_BYTES,
+    MAX_RECORD_BYTES,
+    RecordError,
+    SignedRecord,
+    create_record,
+    decode_record,
+    parse_and_verify,
+    topic_key,
+)
 from aether.crypto.teams import (
     TeamCryptoError,
     combine_shares,
@@ -65,6 +74,7 @@ from aether.node.chunks import Manifest, ManifestError, split
 from aether.node.config import NodeConfig, TeamSettings
 from aether.node.contact import CONTACT_KIND, CONTACT_NAME, ContactError, contact_of, encode_contact
 from aether.node.control import HEADER, ControlServer
+from aether.node.discovery import PROTOCOL_VERSION, parse_peer
 from aether.node.entries import (
     HEAD_KIND,
     INDEX_KIND,
@@ -77,6 +87,7 @@ from aether.node.entries import (
     manifest_blocks,
 )
 from aether.node.pattern import PatternError, parse_pattern
+from aether.node.team_ceremony import parse_share_file, share_file
 from aether.node.team_unlock import (
     ANSWER_KIND,
     MAX_PENDING,
@@ -439,6 +450,31 @@ def _contact_case(record: SignedRecord) -> None:
     contact_of(record)
 
 
+def _share_file_case(data: bytes) -> None:
+    parse_share_file(data)
+
+
+def share_file_cases() -> st.SearchStrategy[bytes]:
+    s = samples()
+    records = {r.kind: r for r in s.records}
+    return garbage([share_file([records[DESCRIPTOR_KIND]], records[INBOX_KIND])])
+
+
+def _announcement_case(case: tuple[Any, Any, Any]) -> None:
+    properties, addresses, port = case
+    parse_peer(properties, addresses, port, own_id=bytes(20), listen_host="0.0.0.0")
+
+
+def announcement_cases() -> st.SearchStrategy[tuple[Any, Any, Any]]:
+    """An mDNS announcement's TXT properties, addresses and port: right, wrong and of any type."""
+    node_id = samples().identity.public.node_id.hex().encode()
+    values = st.sampled_from([node_id, PROTOCOL_VERSION.encode(), node_id.upper(), b"1"]) | st.binary(max_size=48)
+    properties = st.dictionaries(st.sampled_from([b"id", b"v"]) | st.binary(max_size=4), values | MSGPACK, max_size=4)
+    addresses = st.lists(st.sampled_from(["127.0.0.1", "::1", "fe80::1%eth0", "224.0.0.251", "0.0.0.0", "10.1.2.3"])
+                         | st.text(max_size=40) | SCALARS, max_size=12)
+    return st.tuples(properties | MSGPACK, addresses | MSGPACK, st.integers(-1, 70000) | SCALARS)
+
+
 def _pattern_case(data: bytes) -> None:
     parse_pattern(data)
 
@@ -452,8 +488,8 @@ def scenario_cases() -> st.SearchStrategy[str]:
     return st.one_of(
         mutated(texts).map(lambda b: b.decode("utf-8", "replace")),
         st.text(max_size=300),
-        st.sampled_from(samples().scenarios).flatmap(
-            lambda t: st.integers(0, len(t)).flatmap(lambda at: st.text(max_size=40).map(lambda x: t[:at] + x + t[at:]))),
+        st.builds(lambda t, at, x: t[:at] + x + t[at:], st.sampled_from(samples().scenarios), st.integers(0, 2000),
+                  st.text(max_size=40)),
     )
 
 
@@ -600,7 +636,8 @@ def replies(draw: st.DrawFn) -> tuple[str, bytes]:
         st.builds(lambda v: wire.pack({"value": v}), mutated([*s.bundles, *s.encoded()])),
         st.builds(lambda a: wire.pack({"answer": a}), garbage(s.encoded(ANSWER_KIND))),
         st.builds(lambda e, m: wire.pack({"error": e, "message": m}), DEEP | MSGPACK, SCALARS),
-        st.builds(lambda k, v: wire.pack({k: v}), st.sampled_from(["error", "message", "value", "answer", "pending"]), DEEP),
+        st.builds(lambda k, v: wire.pack({k: v}), st.sampled_from(["error", "message", "value", "answer", "pending"]),
+                  DEEP),
         st.lists(st.lists(CONTACT_FIELDS, max_size=4), max_size=25).map(wire.pack),
         NESTED,
         st.binary(max_size=600),
@@ -758,7 +795,8 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target("wire", lambda: garbage(list(samples().datagrams)), pure(wire.decode, wire.WireError),
                "node/wire.py decode: any datagram"),
-        Target("records", lambda: st.tuples(garbage(samples().encoded()), st.none() | st.binary(min_size=20, max_size=20)),
+        Target("records",
+               lambda: st.tuples(garbage(samples().encoded()), st.none() | st.binary(min_size=20, max_size=20)),
                pure(_records_case, RecordError), "crypto/records.py decode_record + verify_record"),
         Target("values", value_cases, pure(_value_case, ValueRejected),
                "node/values.py check_value / check_found (STORE and FIND_VALUE values, entry pages)"),
@@ -766,13 +804,18 @@ TARGETS: dict[str, Target] = {
                "node/chunks.py Manifest.decode"),
         Target("entries", entries_cases, pure(_entries_case, EntryError),
                "node/entries.py manifest, head and index entries"),
-        Target("contact", lambda: records_with(CONTACT_KIND, st.just(CONTACT_NAME), garbage(samples().payloads(CONTACT_KIND))),
+        Target("contact",
+               lambda: records_with(CONTACT_KIND, st.just(CONTACT_NAME), garbage(samples().payloads(CONTACT_KIND))),
                pure(_contact_case, ContactError), "node/contact.py contact_of"),
         Target("teams", teams_cases, pure(_teams_case, TeamError, TeamCryptoError),
                "node/teams.py descriptors and share deliveries, crypto/teams.py sealed shares and Shamir shares, "
                "node/team_unlock.py share requests and answers"),
         Target("answers", lambda: garbage(samples().encoded(ANSWER_KIND)), pure(_answer_case, UnlockError),
                "node/team_unlock.py read_answer"),
+        Target("share-file", share_file_cases, pure(_share_file_case, TeamError),
+               "node/team_ceremony.py parse_share_file (team import-share)"),
+        Target("mdns", announcement_cases, pure(_announcement_case),
+               "node/discovery.py parse_peer: a local network announcement"),
         Target("pattern", lambda: garbage(list(samples().patterns)), pure(_pattern_case, PatternError),
                "node/pattern.py parse_pattern"),
         Target("scenario", scenario_cases, pure(_scenario_case, ScenarioError), "simulations/scenario.py parse"),
