@@ -16,9 +16,9 @@ import pytest
 from aether.node import wire
 from aether.simulations import fuzz
 
-CASES = {"node": 300, "replies": 100, "control": 150}
+CASES = {"node": 200, "replies": 80, "control": 120}
 """Cases per target here; the others run DEFAULT_CASES. The script runs hundreds of thousands."""
-DEFAULT_CASES = 200
+DEFAULT_CASES = 150
 SEED = 20261126
 
 
