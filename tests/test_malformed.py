@@ -12,7 +12,7 @@ import pytest
 from kademlia.node import Node
 
 from aether.node import protocol, server, wire
-from aether.node.values import block_key
+from aether.node.values import MAX_VALUE_BYTES, block_key
 from aether.simulations.network import address_of, start_node, stop_all
 
 from .conftest import QUIET
@@ -251,3 +251,12 @@ async def test_store_receipts_are_remembered_for_at_most_max_offers_peers(target
     for peer in peers:
         assert node.refusal(peer, {"stored": True, "spare": 10, "uptime": 10}) is None
     assert list(node._offers) == [p.id for p in peers[-3:]]
+
+
+async def test_a_store_of_a_value_over_max_value_bytes_is_refused_though_it_fits_a_datagram(target):
+    node, honest, errors = target
+    for size, reply in ((MAX_VALUE_BYTES, {"stored": True}), (MAX_VALUE_BYTES + 1, {"error": "too-large"})):
+        value = os.urandom(size)
+        ok, body = await honest.protocol.store(address_of(node), honest.node.id, block_key(value), value)
+        assert ok and {k: body.get(k) for k in reply} == reply
+    assert node.store.count() == 1 and errors == []
