@@ -65,6 +65,12 @@ MAX_REMEMBERED_TIMEOUTS = 1024
 MAX_REMEMBERED_SEEN = 4096
 """Contacts whose last-heard time is kept for ``peers``; more than a routing table holds (160 buckets of k)."""
 
+MAX_OUTSTANDING = 8192
+"""Requests of this node awaiting a reply at once. Peers can make a node send requests (a new contact in a
+full bucket costs a ping of its oldest), so a storm of them must not grow the table without end; past the
+limit a request fails at once, unsent, as an unanswered one would. Far above what a node's own lookups,
+stores and hand-offs keep in flight (a few hundred)."""
+
 
 def error_reply(reason: str, message: str) -> dict[str, str]:
     """The reply to a refused request; stock nodes read any reply to STORE as success."""
@@ -257,6 +263,10 @@ class AetherProtocol(KademliaProtocol):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         peer = (str(address[0]), int(address[1]))
+        if len(self._outstanding) >= MAX_OUTSTANDING:
+            self.stats["requests_over_limit"] += 1
+            future.set_result((False, None))
+            return future
         msg_id = os.urandom(wire.MSG_ID_BYTES)
         datagram = wire.encode_request(msg_id, name, args)
         handle = loop.call_later(self.rtt.timeout_for(peer), self._timeout, msg_id)

@@ -95,6 +95,8 @@ USED_REREAD = 10.0
 """Seconds a STORE receipt may report spare room from the running count before reading the store."""
 MAX_OFFERS = 4096
 """Peers whose last STORE receipt (spare quota, uptime) is remembered."""
+MAX_LIGHT_PEERS = 4096
+"""Peers remembered as light clients; the oldest is forgotten first (it is offered a replica again, no harm)."""
 OFFER_SCALE = (10**9, 24 * 3600)
 """Spare bytes and uptime seconds at which a peer counts as fully preferred for replicas."""
 KEY_FULL = "key-full"
@@ -173,7 +175,8 @@ class AetherNode(Server):
         self._used, self._used_read_at = store.used_bytes(), time.monotonic()
         self.light = False
         """A light client looks up, fetches and publishes, but holds no replicas and hands none off."""
-        self._light_peers: dict[bytes, float] = {}
+        self._light_peers: OrderedDict[bytes, float] = OrderedDict()
+        """Until when each peer that answered "light" is not offered replicas, latest last."""
         self._offers: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         """(spare bytes, uptime s) from each peer's last STORE receipt, most recent last."""
         self._hand_off_task: asyncio.Future | None = None
@@ -761,6 +764,9 @@ class AetherNode(Server):
         reason = str(body.get("error"))
         if reason == LIGHT:
             self._light_peers[node.id] = time.monotonic() + LIGHT_MEMORY
+            self._light_peers.move_to_end(node.id)
+            while len(self._light_peers) > MAX_LIGHT_PEERS:
+                self._light_peers.popitem(last=False)
         elif reason == FULL:
             self._remember_offer(node.id, 0, self._offers.get(node.id, (0, 0))[1])
         return reason

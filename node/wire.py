@@ -8,8 +8,9 @@ bin, str as str, lists and tuples as arrays, smallest integer forms), so a
 stock ``kademlia`` node and ours understand each other.
 
 Decoding is where outside bytes first meet our code, so it is strict: the
-datagram size is bounded, every msgpack length is bounded by that size, and
-any failure becomes :class:`WireError`, never another exception.
+datagram size is bounded, every msgpack length is bounded by that size, the
+nesting depth is bounded, and any failure becomes :class:`WireError`, never
+another exception.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ MSG_ID_BYTES = 20
 HEADER_BYTES = 1 + MSG_ID_BYTES
 MAX_DATAGRAM = 8192
 """No datagram we send or accept is larger than this (8 KiB)."""
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and maps accepted; no message of ours nests more than five levels.
+
+The C unpacker stops only at 1024 levels, deeper than Python code that walks a
+value (``str``, ``repr``, ``==``, ``copy``) can follow: a peer's STORE reply
+``{"error": [[[...]]]}`` nested 1000 levels deep made ``str()`` of the error raise
+RecursionError in the storing node.
+"""
 
 
 class WireError(ValueError):
@@ -46,7 +55,7 @@ def pack(obj: Any) -> bytes:
 def unpack(data: bytes, *, limit: int = MAX_DATAGRAM) -> Any:
     """Decode one msgpack value with every length bounded by ``limit`` (the datagram size)."""
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
@@ -59,6 +68,23 @@ def unpack(data: bytes, *, limit: int = MAX_DATAGRAM) -> Any:
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"malformed msgpack body: {exc.__class__.__name__}") from None
+    if _nested_deeper(value, MAX_DEPTH):
+        raise WireError(f"msgpack body nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and maps nest more than ``limit`` levels in ``value``; a loop, not recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item if type(item) is list else item.values() if type(item) is dict else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if type(child) in (list, dict))
+    return False
 
 
 def encode_request(msg_id: bytes, name: str, args: list[Any] | tuple[Any, ...]) -> bytes:

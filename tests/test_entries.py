@@ -62,6 +62,7 @@ from aether.node.protocol import RPC_ARITY
 from aether.node.values import (
     BUNDLE_MAGIC,
     MAX_BUNDLE_BYTES,
+    MAX_BUNDLE_ENTRIES,
     Block,
     Entries,
     Entry,
@@ -281,6 +282,14 @@ def test_a_bundle_over_the_size_limit_is_rejected():
     assert len(bundle) > MAX_BUNDLE_BYTES
     assert rejected(TOPIC_KEY, bundle).reason == "too-large"
     assert isinstance(check_found(TOPIC_KEY, encode_bundle(big[:1], None)), Entries)
+
+
+def test_a_bundle_listing_more_than_max_bundle_entries_items_is_rejected_unread():
+    # 257 one-byte items fit the size limit; the item count alone refuses them, before any is checked.
+    bundle = encode_bundle([b"x"] * (MAX_BUNDLE_ENTRIES + 1), None)
+    assert len(bundle) <= MAX_BUNDLE_BYTES
+    refused = rejected(TOPIC_KEY, bundle)
+    assert (refused.reason, str(refused)) == ("malformed", "bundle is not valid msgpack")
 
 
 def test_a_single_entry_returned_as_a_plain_value_is_a_page_of_one():

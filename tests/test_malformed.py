@@ -11,10 +11,12 @@ import msgpack
 import pytest
 from kademlia.node import Node
 
-from aether.node import wire
+from aether.node import protocol, server, wire
+from aether.node.values import MAX_VALUE_BYTES, block_key
 from aether.simulations.network import address_of, start_node, stop_all
 
 from .conftest import QUIET
+from .test_wire import nest
 
 ID = b"\x11" * 20
 
@@ -154,3 +156,109 @@ async def test_lookups_ignore_malformed_contacts(target, tmp_path):
     finally:
         fake.close()
     assert errors == []
+
+
+async def answer_once(hostile, body: bytes) -> None:
+    """Read one request on ``hostile`` and answer it with ``body`` as the response."""
+    data, addr = await asyncio.wait_for(hostile.recv(), 5)
+    await hostile.send(b"\x01" + data[1:21] + body, addr)
+
+
+async def test_a_store_reply_nested_a_thousand_levels_deep_is_dropped_not_raised(target):
+    # Found with the hostile-replies harness of simulations/fuzz.py: str() of the error of
+    # a STORE reply {"error": [[[...]]]} 1000 levels deep raised RecursionError in the storer.
+    node, _, errors = target
+    hostile = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        peer = Node(b"\x07" * 20, *hostile.sockname)
+        block = b"a block of the storer's"
+        answering = asyncio.ensure_future(answer_once(hostile, msgpack.packb({"error": nest(1000)})))
+        report = await node.store_on([peer], block_key(block), block)
+        await answering
+        assert (report.stored, report.unreachable) == (0, 1)  # the reply was dropped as malformed
+        assert node.protocol.stats["malformed"] == 1
+    finally:
+        hostile.close()
+    assert errors == []
+
+
+async def test_a_find_node_reply_gives_at_most_k_contacts(target):
+    node, _, errors = target
+    hostile = await asyncio_dgram.bind(("127.0.0.1", 0))
+    many = [[os.urandom(20), "127.0.0.1", 1000 + i] for i in range(200)]
+    try:
+        answering = asyncio.ensure_future(answer_once(hostile, msgpack.packb(many)))
+        reply = await node.protocol.query(Node(b"\x08" * 20, *hostile.sockname), os.urandom(20), False)
+        await answering
+        assert reply.ok and len(reply.contacts) == node.protocol.router.ksize
+    finally:
+        hostile.close()
+    assert errors == []
+
+
+async def test_requests_awaiting_replies_are_capped_and_the_next_fails_at_once_unsent(target, monkeypatch):
+    node, _, _ = target
+    monkeypatch.setattr(protocol, "MAX_OUTSTANDING", 5)
+    silent = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        waiting = [node.protocol.ping(silent.sockname, node.node.id) for _ in range(5)]
+        sent = node.protocol.stats["requests_sent"]
+        over = node.protocol.ping(silent.sockname, node.node.id)
+        assert over.done() and over.result() == (False, None)
+        assert len(node.protocol._outstanding) == 5
+        assert node.protocol.stats["requests_over_limit"] == 1
+        assert node.protocol.stats["requests_sent"] == sent
+        for _ in range(5):
+            await asyncio.wait_for(silent.recv(), 5)  # the five went out; the sixth did not
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(silent.recv(), 0.2)
+    finally:
+        node.protocol.close()  # resolves the five still waiting
+        silent.close()
+    assert all(w.done() for w in waiting)
+
+
+async def test_contacts_last_heard_from_are_remembered_up_to_the_limit(target, monkeypatch):
+    node, _, _ = target
+    monkeypatch.setattr(protocol, "MAX_REMEMBERED_SEEN", 3)
+    client = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        for i in range(1, 6):  # five peers, one address: each ping is a new contact
+            await client.send(request("ping", bytes([i]) * 20), address_of(node))
+            await asyncio.wait_for(client.recv(), 5)
+    finally:
+        client.close()
+    assert list(node.protocol._last_seen) == [bytes([i]) * 20 for i in (3, 4, 5)]
+
+
+async def test_timed_out_requests_are_remembered_up_to_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "MAX_REMEMBERED_TIMEOUTS", 2)
+    node = await start_node(tmp_path / "asker", QUIET.replace(rpc_timeout_min=0.05, rpc_timeout_initial=0.05,
+                                                              rpc_timeout_max=0.05))
+    silent = await asyncio_dgram.bind(("127.0.0.1", 0))
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(node.protocol.ping(silent.sockname, node.node.id) for _ in range(3))), 10)
+        assert results == [(False, None)] * 3
+        assert len(node.protocol._timed_out) == 2 and node.protocol.stats["timeouts"] == 3
+    finally:
+        silent.close()
+        stop_all([node])
+
+
+async def test_store_receipts_are_remembered_for_at_most_max_offers_peers(target, monkeypatch):
+    node, _, _ = target
+    monkeypatch.setattr(server, "MAX_OFFERS", 3)
+    peers = [Node(bytes([i]) * 20, "127.0.0.1", 1000 + i) for i in range(1, 6)]
+    for peer in peers:
+        assert node.refusal(peer, {"stored": True, "spare": 10, "uptime": 10}) is None
+    assert list(node._offers) == [p.id for p in peers[-3:]]
+
+
+async def test_a_store_of_a_value_over_max_value_bytes_is_refused_though_it_fits_a_datagram(target):
+    node, honest, errors = target
+    for size, reply in ((MAX_VALUE_BYTES, {"stored": True}), (MAX_VALUE_BYTES + 1, {"error": "too-large"})):
+        value = os.urandom(size)
+        ok, body = await honest.protocol.store(address_of(node), honest.node.id, block_key(value), value)
+        assert ok and {k: body.get(k) for k in reply} == reply
+    assert node.store.count() == 1 and errors == []

@@ -6,8 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from kademlia.node import Node
 
-from aether.node import daemon
+from aether.node import daemon, server
 from aether.node.home import DaemonSettings, Home
 from aether.simulations.network import start_node, stop_all
 from aether.storage import device
@@ -71,5 +72,19 @@ async def test_a_fixed_role_is_not_followed(tmp_path: Path, monkeypatch: pytest.
         settings = DaemonSettings(storage=StorageSettings("phone"), role="full")
         await asyncio.wait_for(daemon._follow_power(node, Home(tmp_path / "n"), settings, asyncio.Event()), 1)
         assert not node.light
+    finally:
+        stop_all([node])
+
+
+async def test_peers_remembered_as_light_are_capped_the_oldest_forgotten_first(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(server, "MAX_LIGHT_PEERS", 3)
+    node = await start_node(tmp_path / "storer", QUIET)
+    try:
+        peers = [Node(bytes([i]) * 20, "127.0.0.1", 1000 + i) for i in range(1, 6)]
+        for peer in peers:
+            assert node.refusal(peer, {"error": server.LIGHT, "message": "light"}) == server.LIGHT
+        assert list(node._light_peers) == [p.id for p in peers[-3:]]
+        # A forgotten peer is offered replicas again; a remembered one is not.
+        assert node.replica_targets(bytes(20), peers, [])[0] == peers[:2]
     finally:
         stop_all([node])

@@ -77,6 +77,8 @@ def test_a_partition_splits_the_living_nodes_and_heals_after_its_duration() -> N
     (BASE + "[[events]]\naction = \"team\"\nmembers = 30\nk = 3", "members: at most 20"),
     (BASE + "[[events]]\naction = \"team\"\nmembers = 5\nk = 6", "k: must be at most members"),
     (BASE + "events = 3", "events: must be a list of tables"),
+    (BASE + "[[events]]\naction = \"fetch\"\ncount = 1\n" * 1001, "events: at most 1000 events"),
+    (BASE + "[[events]]\naction = \"fetch\"\ncount = 100001", "events[0].count: must be a whole number from 1"),
 ])
 def test_a_bad_scenario_fails_naming_the_field_and_the_fix(text: str, fragment: str) -> None:
     with pytest.raises(ScenarioError) as caught:

@@ -24,6 +24,7 @@ from aether.node.team_api import TEAM_OPS
 from aether.node.team_ceremony import change_members, create_team
 from aether.node.team_inbox import Inbox
 from aether.node.team_keys import lock, unlocked_key, unlocked_keys
+from aether.node import team_unlock
 from aether.node.team_unlock import (
     ANSWER_KIND,
     MAX_ANSWER_BYTES,
@@ -305,6 +306,38 @@ async def test_a_pending_request_sent_again_stays_pending_and_is_a_replay_once_d
     late = make_request(requester, d.team_id, 0).encode()
     assert "pending" in handle(careful, late)
     assert careful.team_answerer.pending(d.team_id, now=time.time() + 601) == []
+
+
+@ON_NETWORK
+async def test_requests_waiting_for_approval_are_capped_and_the_next_is_refused_busy(network, monkeypatch) -> None:
+    requester, careful = network[0], network[8]
+    d = await make_team(requester, [careful], 2, name="queue")
+    careful.store.set_team_policy(d.team_id, "approve")
+    monkeypatch.setattr(team_unlock, "MAX_PENDING", 3)
+    for _ in range(3):
+        assert "pending" in handle(careful, make_request(requester, d.team_id, 0).encode())
+    refused = make_request(requester, d.team_id, 0).encode()
+    assert handle(careful, refused)["error"] == "busy"
+    assert len(careful.team_answerer.pending(d.team_id)) == 3
+    careful.team_answerer.decide(d.team_id, None, approve=False)
+    # The busy request's nonce was not kept: once there is room, the same request waits.
+    monkeypatch.setattr(team_unlock, "MAX_PENDING", 4)
+    assert "pending" in handle(careful, refused)
+
+
+@ON_NETWORK
+async def test_the_replay_cache_is_capped_and_forgets_only_nonces_the_clock_check_refuses(network, monkeypatch) -> None:
+    requester, member = network[1], network[5]
+    d = await make_team(requester, [member], 2, name="seen")
+    monkeypatch.setattr(team_unlock, "MAX_SEEN", 4)
+    member.team_answerer._seen.clear()
+    now = time.time()
+    for _ in range(4):
+        assert "answer" in handle(member, make_request(requester, d.team_id, 0, now=now).encode(), now)
+    assert handle(member, make_request(requester, d.team_id, 0, now=now).encode(), now)["error"] == "busy"
+    later = now + 2 * team_unlock.MAX_SKEW + 1  # the oldest nonce is now refused by its time alone
+    assert "answer" in handle(member, make_request(requester, d.team_id, 0, now=later).encode(), later)
+    assert len(member.team_answerer._seen) == 4
 
 
 # ---------------------------------------------------------------------- hostile answers

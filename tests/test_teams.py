@@ -39,6 +39,7 @@ from aether.node.team_ceremony import (
     plan_team,
     share_file,
 )
+from aether.node import team_inbox
 from aether.node.team_inbox import Inbox
 from aether.node.teams import (
     DESCRIPTOR_KIND,
@@ -489,3 +490,16 @@ async def test_a_share_file_with_a_forged_descriptor_is_refused(tmp_path) -> Non
             import_share(bob, share_file([created.record], inbox))
     finally:
         stop_all([alice, bob])
+
+
+async def test_the_inbox_remembers_at_most_max_remembered_judged_deliveries(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(team_inbox, "MAX_REMEMBERED", 3)
+    node = await start_node(tmp_path / "reader", QUIET)
+    try:
+        inbox = Inbox(node)
+        judged = [(bytes([i]) * 32, bytes(20), 0) for i in range(5)]
+        for ident in judged:
+            inbox._remember(ident)
+        assert list(inbox._judged) == judged[-3:]
+    finally:
+        stop_all([node])

@@ -79,3 +79,20 @@ def test_random_bytes_raise_only_wire_errors(data):
         wire.decode(data)
     except wire.WireError:
         pass
+
+
+def nest(depth: int, innermost: object = None) -> object:
+    for _ in range(depth):
+        innermost = [innermost]
+    return innermost
+
+
+def test_values_nested_deeper_than_max_depth_are_refused():
+    # The C unpacker alone accepts 1023 levels, too deep for str() or == to walk.
+    assert wire.unpack(wire.pack(nest(wire.MAX_DEPTH))) == nest(wire.MAX_DEPTH)
+    with pytest.raises(wire.WireError, match="nested"):
+        wire.unpack(wire.pack(nest(wire.MAX_DEPTH + 1)))
+    with pytest.raises(wire.WireError, match="nested"):
+        wire.unpack(wire.pack({"error": nest(wire.MAX_DEPTH)}))  # maps count as levels too
+    with pytest.raises(wire.WireError, match="nested"):
+        wire.decode(b"\x01" + bytes(20) + wire.pack({"error": nest(1000)}))
