@@ -591,7 +591,8 @@ class LoopbackNode:
     async def _serving(self) -> None:
         honest, address = self.honest, address_of(self.node)
         block = b"an honest block " + os.urandom(8)
-        ok, reply = await honest.protocol.store(address, honest.node.id, block_key(block), block)
+        receiver = Node(self.node.node.id, *address)
+        ok, reply = await honest.protocol.call_store(receiver, block_key(block), block)  # with its proof of ID
         if not (ok and isinstance(reply, dict) and reply.get("stored")):
             raise Finding(f"an honest STORE was not accepted after the fuzzing: {ok} {reply!r}")
         ok, reply = await honest.protocol.find_node(address, honest.node.id, os.urandom(20))
@@ -625,7 +626,7 @@ CONTACT_FIELDS = st.one_of(
     st.integers(-1, 65536),
 )
 """What a FIND_NODE reply's ``[id, host, port]`` triples are made of, right and wrong."""
-REPLY_RPCS = ("ping", "store", "find_node", "find_value", "team_share")
+REPLY_RPCS = ("ping", "identify", "store", "find_node", "find_value", "team_share")
 
 
 @st.composite
@@ -662,8 +663,10 @@ class HostilePeer(LoopbackNode):
         key = s.records[1].key
         if rpc == "ping":
             call = proto.call_ping(peer)
-        elif rpc == "store":
-            call = proto.call_store(peer, key, s.records[1].encode())
+        elif rpc == "identify":  # the reply is read and checked as a STORE's first exchange reads it
+            call = proto.proofs._identify(peer, (peer.id, peer.ip, peer.port))
+        elif rpc == "store":  # sent as after a proof: the STORE reply's own handling
+            call = proto.store(self.peer_address, proto.source_node.id, key, s.records[1].encode())
         elif rpc == "team_share":
             call = proto.call_team_share(self.peer_address, s.records[7].encode())
         else:
@@ -678,6 +681,8 @@ class HostilePeer(LoopbackNode):
         if reply:  # dropped as malformed: the request still waits, and a well-formed reply must end it
             await self.peer.send(wire.encode_response(request[1:wire.HEADER_BYTES], None), self.node_address)
         result = await asyncio.wait_for(task, 30)
+        if rpc == "identify":
+            return  # a hostile reply leaves the peer unproven (None); nothing raised is what counts
         if not result[0] if isinstance(result, tuple) else not result.ok:
             raise Finding(f"the node did not take a well-formed reply to its {rpc}")
         if rpc == "store":
