@@ -231,10 +231,14 @@ async def _look_after_teams(node: AetherNode, settings: DaemonSettings, stop: as
                 if joined and not delivered:
                     delivered = True
                     await redeliver(node)
+            except StoreError as exc:  # a full or failing disk: said in one line, as the maintenance jobs say it
+                log.error("publishing this node's contact record or team entries failed: %s; trying again later", exc)
             except Exception:
                 log.exception("publishing this node's contact record or team entries failed; trying again later")
             try:
                 await inbox.poll()
+            except StoreError as exc:
+                log.error("reading this node's inbox failed: %s; trying again later", exc)
             except Exception:
                 log.exception("reading this node's inbox failed; trying again later")
         wait = settings.teams.inbox_interval if joined else min(JOIN_CHECK, settings.teams.inbox_interval)
