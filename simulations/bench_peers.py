@@ -239,15 +239,18 @@ def opendht_available() -> str | None:
 
 # --------------------------------------------------------------------------- load generator (separate process)
 def _rpcudp_find_node(sender: bytes) -> tuple[bytes, bytes]:
-    """A FIND_NODE request in rpcudp framing, and the bytes that mark its answer (``\x01`` and the message ID)."""
+    """A FIND_NODE request in rpcudp framing, and the header its answer starts with (response kind, message ID)."""
     from aether.node import wire
 
-    msg_id = os.urandom(20)
-    return wire.encode_request(msg_id, "find_node", [sender, os.urandom(20)]), b"\x01" + msg_id
+    msg_id = os.urandom(wire.MSG_ID_BYTES)
+    return (wire.encode_request(msg_id, "find_node", [sender, os.urandom(20)]),
+            wire.RESPONSE.to_bytes(1, "big") + msg_id)
 
 
 def _rpcudp_answer(data: bytes) -> bytes:
-    return data[:21]
+    from aether.node import wire
+
+    return data[:wire.HEADER_BYTES]
 
 
 def _opendht_find(sender: bytes) -> tuple[bytes, int]:
