@@ -99,6 +99,10 @@ MAX_LIGHT_PEERS = 4096
 """Peers remembered as light clients; the oldest is forgotten first (it is offered a replica again, no harm)."""
 OFFER_SCALE = (10**9, 24 * 3600)
 """Spare bytes and uptime seconds at which a peer counts as fully preferred for replicas."""
+HAND_OFF_IN_FLIGHT = 32
+"""STOREs a hand-off pass keeps in flight in all."""
+HAND_OFF_PER_PEER = 8
+"""STOREs a hand-off pass keeps in flight to one newcomer: 8 full blocks (~72 KiB with the kernel's overhead) fit a small receive buffer."""
 KEY_FULL = "key-full"
 """The error for an entry older than all those a shared key already holds at its limit."""
 
@@ -627,10 +631,15 @@ class AetherNode(Server):
     async def _hand_off_batch(self) -> None:
         await asyncio.sleep(self.config.handoff_delay)
         batch, self._newcomers, self._hand_off_task = self._newcomers, {}, None
-        sends = asyncio.Semaphore(32)
+        sends = asyncio.Semaphore(HAND_OFF_IN_FLIGHT)
+        # Per newcomer too: a burst of full-size STOREs to one peer overflows its
+        # socket's receive buffer (208 KiB by default on Linux, less on some
+        # phones), and a hand-off the kernel drops is not sent again.
+        per_peer: dict[bytes, asyncio.Semaphore] = {}
 
         async def send(node: Node, key: bytes, value: bytes) -> None:
-            async with sends:
+            peer = per_peer.setdefault(node.id, asyncio.Semaphore(HAND_OFF_PER_PEER))
+            async with peer, sends:
                 await self.protocol.call_store(node, key, value)
 
         jobs = []

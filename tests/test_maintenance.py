@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from aether.crypto.identity import Identity
 from aether.crypto.records import create_record
 from aether.node.server import AetherNode
 from aether.node.values import block_key
+from aether.storage.store import BLOCK
 from aether.simulations.network import address_of, join_all, local_network, start_node, stop_all
 
 from .conftest import QUIET, wait_for
@@ -222,3 +224,27 @@ async def test_each_periodic_job_runs_on_the_schedule_its_setting_gives(tmp_path
         assert not any(node == id(quiet) for node, _ in runs), "hour-long intervals ran within seconds"
     finally:
         stop_all([busy, quiet])
+
+
+async def test_a_hand_off_does_not_overrun_a_newcomers_receive_buffer(tmp_path):
+    """A holder hands a newcomer many large values: none is lost to a full socket buffer.
+
+    The newcomer's receive buffer is made small (a phone's, or a busy loop's); a
+    holder that fired all its STOREs to one peer at once would have the kernel
+    drop most of them, and a dropped hand-off is not sent again.
+    """
+    config = QUIET.replace(ksize=4)
+    holder = await start_node(tmp_path / "holder", config)
+    newcomer = await start_node(tmp_path / "newcomer", config)
+    try:
+        values = [os.urandom(6000) for _ in range(80)]
+        for data in values:
+            holder.store.put(block_key(data), data, kind=BLOCK, role="replica")
+        sock = newcomer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        await newcomer.bootstrap([address_of(holder)])  # the holder meets it: the only other node, so it is among the k
+        held = lambda: sum(newcomer.store.contains(block_key(d)) for d in values)  # noqa: E731
+        await wait_for(lambda: held() == len(values), timeout=30)
+        assert held() == len(values), (held(), holder.protocol.stats)
+    finally:
+        stop_all([holder, newcomer])
