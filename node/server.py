@@ -16,6 +16,7 @@ home so that a restarted node rejoins without being told where.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import functools
 import itertools
@@ -43,7 +44,7 @@ from aether.node.values import (
     merge_entries, newest_first,
 )
 from aether.storage.store import (
-    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, PutResult, Store, StoreError, StoredEntry, StoredValue,
+    BLOCK, KEY_LEN, RECORD, RESERVED_BYTES, Eviction, Placement, PutResult, Store, StoreError, StoredEntry, StoredValue,
     entry_charge, value_charge,
 )
 
@@ -66,6 +67,29 @@ def random_id_in(id_range: tuple[int, int]) -> bytes:
     """A random 160-bit ID inside a bucket's range (kademlia's top bound is 2**160, one past the last ID)."""
     low, high = id_range
     return random.randint(low, min(high, 2**160 - 1)).to_bytes(20, "big")
+
+
+class _Closer:
+    """Whether a contact is known to be closer to a key than this node: a bisection over sorted IDs.
+
+    Every contact that agrees with the key on all bits down to the first bit where
+    this node differs from it is closer than this node; they form one range of
+    IDs. A contact outside it may still be closer (one that differs from the key
+    at that same bit), so False means "not known", and the caller looks further.
+    """
+
+    def __init__(self, contact_ids: Iterable[int], own_id: int) -> None:
+        self._ids = sorted(contact_ids)
+        self._own = own_id
+
+    def than_us(self, key: bytes) -> bool:
+        target = int.from_bytes(key, "big")
+        differ = (target ^ self._own).bit_length() - 1
+        if differ < 0:
+            return False  # the key is our own ID: nobody is closer
+        low = (target >> differ) << differ
+        i = bisect.bisect_left(self._ids, low)
+        return i < len(self._ids) and self._ids[i] < low + (1 << differ)
 
 
 class QuotaExceeded(Exception):
@@ -637,17 +661,46 @@ class AetherNode(Server):
         # phones), and a hand-off the kernel drops is not sent again.
         per_peer: dict[bytes, asyncio.Semaphore] = {}
 
-        async def send(node: Node, key: bytes, value: bytes) -> None:
+        async def send(node: Node, held: Placement) -> None:
             peer = per_peer.setdefault(node.id, asyncio.Semaphore(HAND_OFF_PER_PEER))
             async with peer, sends:
-                await self.protocol.call_store(node, key, value)
+                # Read only now: at most HAND_OFF_IN_FLIGHT values are in memory at once.
+                value = self._held_bytes(held)
+                if value is not None:
+                    await self.protocol.call_store(node, held.key, value)
 
-        jobs = []
-        held_items: list[StoredValue | StoredEntry] = [*self.store.iter_entries(), *self.store.iter_values()]
-        for held in held_items:
-            for node in self._hand_off_targets(list(batch.values()), self._placement(held)):
-                jobs.append(send(node, held.key, held.value))
+        jobs = [send(node, held) for node, held in await self._hand_off_plan(list(batch.values()))]
         await asyncio.gather(*jobs)
+
+    async def _hand_off_plan(self, newcomers: list[Node]) -> list[tuple[Node, Placement]]:
+        """Which held values and entries go to which newcomers: one decision per place, not per item.
+
+        A pattern's manifest and blocks share a place, so they share the decision;
+        and most places we hold have a contact closer than us, which then hands
+        them over instead: :class:`_Closer` says so in a bisection, before the
+        routing table is searched.
+        """
+        ids = {n.id for n in newcomers}
+        closer = _Closer([c.long_id for c in self.protocol.contacts() if c.id not in ids], self.node.long_id)
+        decided: dict[bytes, list[Node]] = {}
+        plan: list[tuple[Node, Placement]] = []
+        for i, held in enumerate(self.store.placements()):
+            targets = decided.get(held.place)
+            if targets is None:
+                targets = [] if closer.than_us(held.place) else self._hand_off_targets(newcomers, held.place)
+                decided[held.place] = targets
+            plan.extend((node, held) for node in targets)
+            if i % 1024 == 1023:
+                await asyncio.sleep(0)  # a large store is scanned without holding up the node's replies
+        return plan
+
+    def _held_bytes(self, held: Placement) -> bytes | None:
+        """The bytes of a held value or entry, or None if it was dropped since the plan was made."""
+        if held.author is None:
+            stored: StoredValue | StoredEntry | None = self.store.get(held.key, touch=False)
+        else:
+            stored = self.store.entry(held.key, held.author, held.name or b"")
+        return None if stored is None else stored.value
 
     def _hand_off_targets(self, newcomers: list[Node], key: bytes) -> list[Node]:
         """The newcomers now among the k closest to ``key``, if we are the closest other holder."""

@@ -42,6 +42,7 @@ __all__ = [
     "ROLES",
     "SCHEMA_V1",
     "SCHEMA_VERSION",
+    "Placement",
     "PutResult",
     "Store",
     "StoreError",
@@ -345,6 +346,17 @@ class StoredValue:
     last_access: float | None
     size: int = 0
     """Bytes this row is charged against the quota (``value_charge``)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one held value or entry lives: ``place`` is the key whose k closest nodes should hold it."""
+
+    place: bytes
+    key: bytes
+    author: bytes | None = None
+    """With ``name``: the entry of this author under ``key``; both None for a value."""
+    name: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -893,6 +905,46 @@ class Store:
             if len(rows) < batch:
                 return
             last = bytes(rows[-1][0])
+
+    def placements(self, batch: int = 1024) -> Iterator[Placement]:
+        """Every held value and entry with the key it lives near, without their bytes.
+
+        A hand-off pass runs over everything held each time new contacts turn up;
+        reading the bytes too would read the whole store each time. A block that a
+        held manifest lists lives near its pattern's key, anything else near its
+        own. Streamed in key order like :meth:`iter_values`, with no snapshot held
+        between batches: rows written meanwhile may or may not be seen.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        values_sql = (
+            "SELECT key, CASE WHEN kind = ? THEN (SELECT grp FROM links WHERE block = key LIMIT 1) END "
+            "FROM values_ WHERE key > ? ORDER BY key LIMIT ?"
+        )
+        last = b""
+        while True:
+            with self._read() as c:
+                rows = c.execute(values_sql, (BLOCK, last, batch)).fetchall()
+            for key, group in rows:
+                key = bytes(key)
+                yield Placement(bytes(group) if group is not None else key, key)
+            if len(rows) < batch:
+                break
+            last = bytes(rows[-1][0])
+        entries_sql = (
+            "SELECT key, author, name FROM entries WHERE (key, author, name) > (?, ?, ?) "
+            "ORDER BY key, author, name LIMIT ?"
+        )
+        after: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        while True:
+            with self._read() as c:
+                rows = c.execute(entries_sql, (*after, batch)).fetchall()
+            for key, author, name in rows:
+                key = bytes(key)
+                yield Placement(key, key, bytes(author), bytes(name))
+            if len(rows) < batch:
+                return
+            after = (bytes(rows[-1][0]), bytes(rows[-1][1]), bytes(rows[-1][2]))
 
     def keys(self) -> list[bytes]:
         """All held keys, in key order."""

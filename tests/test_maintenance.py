@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import time
 
@@ -12,7 +13,7 @@ from kademlia.node import Node
 
 from aether.crypto.identity import Identity
 from aether.crypto.records import create_record
-from aether.node.server import AetherNode
+from aether.node.server import AetherNode, _Closer
 from aether.node.values import block_key
 from aether.storage.store import BLOCK
 from aether.simulations.network import address_of, join_all, local_network, start_node, stop_all
@@ -248,3 +249,22 @@ async def test_a_hand_off_does_not_overrun_a_newcomers_receive_buffer(tmp_path):
         assert held() == len(values), (held(), holder.protocol.stats)
     finally:
         stop_all([holder, newcomer])
+
+
+def test_the_closer_contact_index_never_claims_a_contact_closer_than_it_is():
+    """The hand-off's shortcut: a "yes" must be true, and every contact sharing more of the key's prefix is seen."""
+    rng = random.Random(11)
+    claimed = 0
+    for _ in range(3000):
+        own = rng.getrandbits(160)
+        contacts = [own ^ rng.getrandbits(rng.randint(1, 160)) for _ in range(rng.randint(0, 40))]
+        key = own ^ rng.getrandbits(rng.randint(1, 160))
+        answer = _Closer(contacts, own).than_us(key.to_bytes(20, "big"))
+        distance = own ^ key
+        if answer:
+            assert any(c ^ key < distance for c in contacts)
+        longer_prefix = any(c ^ key < 1 << (distance.bit_length() - 1) for c in contacts) if distance else False
+        assert answer == longer_prefix
+        claimed += answer
+    assert 0 < claimed < 3000
+    assert not _Closer([own ^ 1], own).than_us(own.to_bytes(20, "big"))  # the key is our ID: nobody is closer

@@ -536,3 +536,21 @@ def test_read_serves_only_unexpired_bytes_and_touches_sparingly(store: Store) ->
     assert store.read(k(3)) is None
     with pytest.raises(ValueError):
         store.read(b"short")
+
+
+def test_placements_name_where_each_held_item_lives_without_reading_it(store: Store) -> None:
+    pattern = k(1000)
+    for i in range(5):  # blocks 0..4; 0..2 listed by a held manifest of the pattern
+        store.put(k(i), b"block %d" % i, kind=BLOCK, role="replica")
+    store.put(k(9), b"a record", kind=RECORD, seq=1, role="replica")
+    for author in (b"a" * 32, b"b" * 32):
+        store.put_entry(pattern, author, b"manifest:x", b"entry", seq=1, expires=time.time() + 60, role="replica",
+                        links=[k(0), k(1), k(2)])
+    for batch in (1, 2, 1024):  # pages of every size, across the boundaries
+        got = list(store.placements(batch=batch))
+        values = {p.key: p.place for p in got if p.author is None}
+        assert values == {k(0): pattern, k(1): pattern, k(2): pattern, k(3): k(3), k(4): k(4), k(9): k(9)}
+        entries = [(p.place, p.key, p.author, p.name) for p in got if p.author is not None]
+        assert entries == [(pattern, pattern, b"a" * 32, b"manifest:x"), (pattern, pattern, b"b" * 32, b"manifest:x")]
+    with pytest.raises(ValueError):
+        list(store.placements(batch=0))
