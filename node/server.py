@@ -38,6 +38,7 @@ from aether.node.entries import MANIFEST_KIND, EntryError, manifest_blocks
 from aether.node.lookup import Lookup, LookupResult, find_value, seeds_for
 from aether.node.proofs import UNPROVEN, ProvingProtocol
 from aether.node.protocol import AetherProtocol, error_reply
+from aether.node.routing import ID_BITS
 from aether.node.ratelimit import BUSY
 from aether.node.values import (
     Block, Entries, Entry, Record, ValueRejected, block_key, bundle_fit, check_found, check_value, encode_bundle,
@@ -70,26 +71,39 @@ def random_id_in(id_range: tuple[int, int]) -> bytes:
 
 
 class _Closer:
-    """Whether a contact is known to be closer to a key than this node: a bisection over sorted IDs.
+    """Where no known contact is closer than this node to a key, as far as ID prefixes tell.
 
-    Every contact that agrees with the key on all bits down to the first bit where
-    this node differs from it is closer than this node; they form one range of
-    IDs. A contact outside it may still be closer (one that differs from the key
-    at that same bit), so False means "not known", and the caller looks further.
+    A key that first differs from this node's ID at bit ``p`` has a closer
+    contact whenever one agrees with the key on every bit from ``p`` up: such
+    contacts fill one range of IDs, the "sibling" subtree at that bit. A full
+    routing table has contacts in every sibling subtree but the deepest few, so
+    the keys it leaves open are few and lie in a handful of key ranges, which a
+    hand-off pass reads instead of everything held. (A contact outside the range
+    may still be closer; the exact test follows for the places inside.)
     """
 
     def __init__(self, contact_ids: Iterable[int], own_id: int) -> None:
         self._ids = sorted(contact_ids)
         self._own = own_id
 
-    def than_us(self, key: bytes) -> bool:
-        target = int.from_bytes(key, "big")
-        differ = (target ^ self._own).bit_length() - 1
-        if differ < 0:
-            return False  # the key is our own ID: nobody is closer
-        low = (target >> differ) << differ
+    def _empty(self, low: int, high: int) -> bool:
         i = bisect.bisect_left(self._ids, low)
-        return i < len(self._ids) and self._ids[i] < low + (1 << differ)
+        return i == len(self._ids) or self._ids[i] > high
+
+    def open_ranges(self) -> list[tuple[bytes, bytes]]:
+        """Inclusive key ranges holding every key no contact is known to be closer to (our own ID included)."""
+        own, spans = self._own, []
+        for bit in range(ID_BITS):
+            low = ((own >> (bit + 1)) << (bit + 1)) | ((((own >> bit) & 1) ^ 1) << bit)
+            if self._empty(low, low + (1 << bit) - 1):
+                spans.append((low, low + (1 << bit) - 1))
+        # The deepest open siblings and our own ID make one subtree: one range, not many.
+        depth = 0
+        while depth < len(spans) and spans[depth][0] >> depth == (own >> depth) ^ 1:
+            depth += 1
+        base = (own >> depth) << depth
+        merged = [(base, base + (1 << depth) - 1), *spans[depth:]]
+        return [(low.to_bytes(KEY_LEN, "big"), high.to_bytes(KEY_LEN, "big")) for low, high in merged]
 
 
 class QuotaExceeded(Exception):
@@ -675,23 +689,21 @@ class AetherNode(Server):
     async def _hand_off_plan(self, newcomers: list[Node]) -> list[tuple[Node, Placement]]:
         """Which held values and entries go to which newcomers: one decision per place, not per item.
 
-        A pattern's manifest and blocks share a place, so they share the decision;
-        and most places we hold have a contact closer than us, which then hands
-        them over instead: :class:`_Closer` says so in a bisection, before the
-        routing table is searched.
+        Only places no other contact is known to be closer to are read
+        (:class:`_Closer`); for the others, that closer contact hands them over.
+        A pattern's manifest and blocks share a place, so they share the decision.
         """
         ids = {n.id for n in newcomers}
         closer = _Closer([c.long_id for c in self.protocol.contacts() if c.id not in ids], self.node.long_id)
         decided: dict[bytes, list[Node]] = {}
         plan: list[tuple[Node, Placement]] = []
-        for i, held in enumerate(self.store.placements()):
+        for i, held in enumerate(self.store.placements(closer.open_ranges())):
             targets = decided.get(held.place)
             if targets is None:
-                targets = [] if closer.than_us(held.place) else self._hand_off_targets(newcomers, held.place)
-                decided[held.place] = targets
+                targets = decided[held.place] = self._hand_off_targets(newcomers, held.place)
             plan.extend((node, held) for node in targets)
             if i % 1024 == 1023:
-                await asyncio.sleep(0)  # a large store is scanned without holding up the node's replies
+                await asyncio.sleep(0)  # a large store is read without holding up the node's replies
         return plan
 
     def _held_bytes(self, held: Placement) -> bytes | None:

@@ -906,45 +906,65 @@ class Store:
                 return
             last = bytes(rows[-1][0])
 
-    def placements(self, batch: int = 1024) -> Iterator[Placement]:
-        """Every held value and entry with the key it lives near, without their bytes.
+    def placements(
+        self, within: Sequence[tuple[bytes, bytes]] | None = None, *, batch: int = 1024
+    ) -> Iterator[Placement]:
+        """Held values and entries with the key each lives near (its place), without their bytes.
 
-        A hand-off pass runs over everything held each time new contacts turn up;
-        reading the bytes too would read the whole store each time. A block that a
-        held manifest lists lives near its pattern's key, anything else near its
-        own. Streamed in key order like :meth:`iter_values`, with no snapshot held
-        between batches: rows written meanwhile may or may not be seen.
+        A hand-off pass runs each time new contacts turn up; reading the bytes,
+        or everything held, each time would read the whole store each time.
+        ``within``: inclusive ``(low, high)`` ranges of places (20-byte keys); only
+        items living near a place in one of them are reported (default: all).
+        A block that held manifests list lives near each of their patterns' keys
+        (once per pattern), anything else near its own key. Streamed
+        ``batch`` rows per query with no snapshot held between queries: rows
+        written meanwhile may or may not be seen.
         """
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
-        values_sql = (
-            "SELECT key, CASE WHEN kind = ? THEN (SELECT grp FROM links WHERE block = key LIMIT 1) END "
-            "FROM values_ WHERE key > ? ORDER BY key LIMIT ?"
-        )
-        last = b""
+        ranges = [(bytes(KEY_LEN), b"\xff" * KEY_LEN)] if within is None else list(within)
+        for low, high in ranges:
+            _check_key(low, "low")
+            _check_key(high, "high")
+            own_place = self._paged(
+                "SELECT key FROM values_ WHERE key > ? AND key BETWEEN ? AND ? "
+                "AND NOT (kind = ? AND EXISTS (SELECT 1 FROM links WHERE block = key)) ORDER BY key LIMIT ?",
+                1, (low, high, BLOCK), batch,
+            )
+            for (key,) in own_place:
+                yield Placement(key, key)
+            listed = self._paged(
+                "SELECT l.grp, l.block FROM links l JOIN values_ v ON v.key = l.block "
+                "WHERE (l.grp, l.block) > (?, ?) AND l.grp BETWEEN ? AND ? AND v.kind = ? "
+                "ORDER BY l.grp, l.block LIMIT ?",
+                2, (low, high, BLOCK), batch,
+            )
+            for group, block in listed:
+                yield Placement(group, block)
+            entries = self._paged(
+                "SELECT key, author, name FROM entries WHERE (key, author, name) > (?, ?, ?) AND key BETWEEN ? AND ? "
+                "ORDER BY key, author, name LIMIT ?",
+                3, (low, high), batch,
+            )
+            for key, author, name in entries:
+                yield Placement(key, key, author, name)
+
+    def _paged(self, sql: str, width: int, fixed: tuple, batch: int) -> Iterator[tuple[bytes, ...]]:
+        """Rows of ``sql`` in its order, ``batch`` per query, each query starting after the last row seen.
+
+        ``sql`` takes the last row's ``width`` ordering columns first (empty
+        blobs, which sort before any key, for the first query), then ``fixed``,
+        then the batch size.
+        """
+        after: tuple[bytes, ...] = (b"",) * width
         while True:
             with self._read() as c:
-                rows = c.execute(values_sql, (BLOCK, last, batch)).fetchall()
-            for key, group in rows:
-                key = bytes(key)
-                yield Placement(bytes(group) if group is not None else key, key)
-            if len(rows) < batch:
-                break
-            last = bytes(rows[-1][0])
-        entries_sql = (
-            "SELECT key, author, name FROM entries WHERE (key, author, name) > (?, ?, ?) "
-            "ORDER BY key, author, name LIMIT ?"
-        )
-        after: tuple[bytes, bytes, bytes] = (b"", b"", b"")
-        while True:
-            with self._read() as c:
-                rows = c.execute(entries_sql, (*after, batch)).fetchall()
-            for key, author, name in rows:
-                key = bytes(key)
-                yield Placement(key, key, bytes(author), bytes(name))
+                rows = c.execute(sql, (*after, *fixed, batch)).fetchall()
+            for row in rows:
+                yield tuple(bytes(v) for v in row)
             if len(rows) < batch:
                 return
-            after = (bytes(rows[-1][0]), bytes(rows[-1][1]), bytes(rows[-1][2]))
+            after = tuple(bytes(v) for v in rows[-1])
 
     def keys(self) -> list[bytes]:
         """All held keys, in key order."""

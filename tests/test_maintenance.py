@@ -251,20 +251,21 @@ async def test_a_hand_off_does_not_overrun_a_newcomers_receive_buffer(tmp_path):
         stop_all([holder, newcomer])
 
 
-def test_the_closer_contact_index_never_claims_a_contact_closer_than_it_is():
-    """The hand-off's shortcut: a "yes" must be true, and every contact sharing more of the key's prefix is seen."""
+def test_the_open_key_ranges_are_exactly_the_keys_no_contact_shares_a_longer_prefix_with():
+    """The hand-off reads only these ranges: a key left out would never be handed over by this node."""
     rng = random.Random(11)
-    claimed = 0
-    for _ in range(3000):
+    inside_count = 0
+    for _ in range(1500):
         own = rng.getrandbits(160)
         contacts = [own ^ rng.getrandbits(rng.randint(1, 160)) for _ in range(rng.randint(0, 40))]
-        key = own ^ rng.getrandbits(rng.randint(1, 160))
-        answer = _Closer(contacts, own).than_us(key.to_bytes(20, "big"))
-        distance = own ^ key
-        if answer:
-            assert any(c ^ key < distance for c in contacts)
-        longer_prefix = any(c ^ key < 1 << (distance.bit_length() - 1) for c in contacts) if distance else False
-        assert answer == longer_prefix
-        claimed += answer
-    assert 0 < claimed < 3000
-    assert not _Closer([own ^ 1], own).than_us(own.to_bytes(20, "big"))  # the key is our ID: nobody is closer
+        ranges = [(int.from_bytes(lo, "big"), int.from_bytes(hi, "big")) for lo, hi in _Closer(contacts, own).open_ranges()]
+        assert len(ranges) <= 160
+        for _ in range(10):
+            key = own ^ rng.getrandbits(rng.randint(0, 160))
+            distance = own ^ key
+            # A contact agreeing with the key on every bit from the first where we differ is closer than us.
+            closer = distance > 0 and any(c ^ key < 1 << (distance.bit_length() - 1) for c in contacts)
+            inside = any(lo <= key <= hi for lo, hi in ranges)
+            assert inside == (not closer)
+            inside_count += inside
+    assert 0 < inside_count < 15000

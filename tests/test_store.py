@@ -546,11 +546,24 @@ def test_placements_name_where_each_held_item_lives_without_reading_it(store: St
     for author in (b"a" * 32, b"b" * 32):
         store.put_entry(pattern, author, b"manifest:x", b"entry", seq=1, expires=time.time() + 60, role="replica",
                         links=[k(0), k(1), k(2)])
+    other = k(2000)
+    store.put_entry(other, b"c" * 32, b"manifest:y", b"entry", seq=1, expires=time.time() + 60, role="replica",
+                    links=[k(2)])  # block 2 belongs to two patterns: it lives near both
+    everything = [(pattern, k(0)), (pattern, k(1)), (pattern, k(2)), (other, k(2)), (k(3), k(3)), (k(4), k(4)),
+                  (k(9), k(9))]
     for batch in (1, 2, 1024):  # pages of every size, across the boundaries
         got = list(store.placements(batch=batch))
-        values = {p.key: p.place for p in got if p.author is None}
-        assert values == {k(0): pattern, k(1): pattern, k(2): pattern, k(3): k(3), k(4): k(4), k(9): k(9)}
+        assert sorted((p.place, p.key) for p in got if p.author is None) == sorted(everything)
         entries = [(p.place, p.key, p.author, p.name) for p in got if p.author is not None]
-        assert entries == [(pattern, pattern, b"a" * 32, b"manifest:x"), (pattern, pattern, b"b" * 32, b"manifest:x")]
+        assert entries == [(pattern, pattern, b"a" * 32, b"manifest:x"), (pattern, pattern, b"b" * 32, b"manifest:x"),
+                           (other, other, b"c" * 32, b"manifest:y")]
+        # Only what lives near a place in the ranges, whatever its own key.
+        near = list(store.placements([(k(3), k(9)), (pattern, pattern)], batch=batch))
+        assert sorted((p.place, p.key) for p in near) == sorted(
+            [(k(3), k(3)), (k(4), k(4)), (k(9), k(9)), (pattern, k(0)), (pattern, k(1)), (pattern, k(2)),
+             (pattern, pattern), (pattern, pattern)])
+    assert list(store.placements([(k(5), k(8))])) == []
     with pytest.raises(ValueError):
         list(store.placements(batch=0))
+    with pytest.raises(ValueError):
+        list(store.placements([(b"short", k(1))]))
