@@ -90,6 +90,14 @@ class _Closer:
         i = bisect.bisect_left(self._ids, low)
         return i == len(self._ids) or self._ids[i] > high
 
+    def surely_closer(self, place: int, node: int) -> int:
+        """How many contacts are closer to ``place`` than ``node`` at least (those agreeing with it from the bit where ``node`` differs)."""
+        differ = (place ^ node).bit_length() - 1
+        if differ < 0:
+            return 0
+        low = (place >> differ) << differ
+        return bisect.bisect_right(self._ids, low + (1 << differ) - 1) - bisect.bisect_left(self._ids, low)
+
     def open_ranges(self) -> list[tuple[bytes, bytes]]:
         """Inclusive key ranges holding every key no contact is known to be closer to (our own ID included)."""
         own, spans = self._own, []
@@ -700,7 +708,10 @@ class AetherNode(Server):
         for i, held in enumerate(self.store.placements(closer.open_ranges())):
             targets = decided.get(held.place)
             if targets is None:
-                targets = decided[held.place] = self._hand_off_targets(newcomers, held.place)
+                # A newcomer with k contacts surely closer to the place is not among its k closest.
+                place = int.from_bytes(held.place, "big")
+                near = [n for n in newcomers if closer.surely_closer(place, n.long_id) < self.ksize]
+                targets = decided[held.place] = self._hand_off_targets(near, held.place) if near else []
             plan.extend((node, held) for node in targets)
             if i % 1024 == 1023:
                 await asyncio.sleep(0)  # a large store is read without holding up the node's replies

@@ -269,3 +269,17 @@ def test_the_open_key_ranges_are_exactly_the_keys_no_contact_shares_a_longer_pre
             assert inside == (not closer)
             inside_count += inside
     assert 0 < inside_count < 15000
+
+
+def test_contacts_surely_closer_than_a_newcomer_are_never_overcounted():
+    """A newcomer is left out of a place's hand-off when k contacts are surely closer: the count must not exceed the truth."""
+    rng = random.Random(12)
+    for _ in range(3000):
+        own = rng.getrandbits(160)
+        contacts = [own ^ rng.getrandbits(rng.randint(1, 160)) for _ in range(rng.randint(0, 60))]
+        place = own ^ rng.getrandbits(rng.randint(0, 160))
+        newcomer = place ^ rng.getrandbits(rng.randint(0, 160))
+        counted = _Closer(contacts, own).surely_closer(place, newcomer)
+        distance = place ^ newcomer
+        assert counted <= sum(c ^ place < distance for c in contacts)
+        assert counted == (sum(c ^ place < 1 << (distance.bit_length() - 1) for c in contacts) if distance else 0)
