@@ -43,8 +43,9 @@ it, our own ID for our own address; a contact naming a taken endpoint under
 another ID is dropped and counted in :attr:`LookupResult.same_address`. And no
 more of the k closest candidates share a subnet than the routing table lets
 share a bucket (``contacts_per_subnet_bucket``, with loopback exempt unless
-``restrict_loopback``: :mod:`aether.node.addresses`), so many ports of one host
-cannot fill them either. Neither costs a message.
+``restrict_loopback``: :mod:`aether.node.addresses`) while there are others to
+take their places, so many ports of one host cannot fill them either. Neither
+costs a message.
 """
 
 from __future__ import annotations
@@ -222,22 +223,27 @@ class Lookup:
         return self._capped(self._live(path), self.k)
 
     def _capped(self, entries: list[_Entry], limit: int | None = None) -> list[_Entry]:
-        """``entries`` (nearest first) without those past ``per_subnet`` of their subnet, at most ``limit``.
+        """``entries`` (nearest first) with those past ``per_subnet`` of their subnet moved behind all others.
 
-        The ones left out stay known: when a nearer peer of their subnet fails, the next one moves up.
+        A subnet's further peers are asked, and count among the k closest, only
+        when there are not k others: many ports of one host next to a key do not
+        crowd out the rest, and a network that is all one LAN still finds its k
+        closest. When a nearer peer of the subnet fails, the next one moves up.
         """
         counts: dict[str, int] = {}
         kept: list[_Entry] = []
+        extra: list[_Entry] = []
         for entry in entries:
             if limit is not None and len(kept) >= limit:
                 break
             if entry.subnet is not None:
-                count = counts.get(entry.subnet, 0)
-                if count >= self.per_subnet:
+                count = counts[entry.subnet] = counts.get(entry.subnet, 0) + 1
+                if count > self.per_subnet:
+                    extra.append(entry)
                     continue
-                counts[entry.subnet] = count + 1
             kept.append(entry)
-        return kept
+        kept.extend(extra)
+        return kept if limit is None else kept[:limit]
 
     async def run(self) -> LookupResult:
         loop = asyncio.get_running_loop()
@@ -301,7 +307,7 @@ class Lookup:
             return False
         if self.want_value:
             return bool(self._records or self._entries)
-        farthest = live[-1].distance
+        farthest = max(e.distance for e in live)  # a subnet's extra peers may stand behind farther ones
         return not any(e.state == _STALLED and e.distance < farthest for e in self._reachable(path))
 
     def _stall(self, entry: _Entry) -> None:

@@ -162,3 +162,18 @@ def test_an_endpoint_has_one_spelling():
     assert endpoint_of("::ffff:127.0.0.1", 4000) == endpoint_of("127.0.0.1", 4000) == ("127.0.0.1", 4000)
     assert endpoint_of("0:0::1", 4000) == endpoint_of("::1", 4000)
     assert endpoint_of("127.0.0.1", 4000) != endpoint_of("127.0.0.1", 4001)
+
+
+async def test_a_network_all_in_one_subnet_still_finds_more_than_its_share(tmp_path):
+    """Six nodes on one /24 with ``restrict_loopback``, as on an office LAN: the cap ranks a subnet's further
+    peers behind others, and with no others they still count among the k closest."""
+    config = CONFIG.replace(restrict_loopback=True)
+    nodes: list[AetherNode] = []
+    try:
+        for i in range(6):
+            nodes.append(await start_node(tmp_path / f"lan{i}", config, host=f"127.0.5.{i + 1}"))
+        await join_all(nodes, seed=4)
+        result = await nodes[-1].lookup(block_key(b"a key on the LAN"))
+        assert len(result.closest) > config.contacts_per_subnet_bucket
+    finally:
+        stop_all(nodes)
