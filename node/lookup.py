@@ -86,8 +86,8 @@ class LookupResult:
     """The k closest peers known when the lookup ended, asked or not, nearest first
     (a lookup that stops at its first holder has asked only a few of them)."""
     beyond: list[Node] = field(default_factory=list)
-    """Peers past the k closest that the lookup met, nearest first: where a replica
-    goes when one of the k closest refuses it (its quota is full)."""
+    """Peers past the k closest that the lookup met, nearest first (a subnet's peers past its
+    share last): where a replica goes when one of the k closest refuses it (its quota is full)."""
     more: list[tuple[Node, int]] = field(default_factory=list)
     """Holders that have more entries than one page, with where their next page starts."""
     messages: int = 0
@@ -410,11 +410,12 @@ class Lookup:
 
     def _finish(self) -> None:
         self.result.entries = newest_first(self._entries.values())
-        answered = self._capped(
-            sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance), self.k
-        )
+        by_distance = functools.partial(sorted, key=lambda e: e.distance)
+        # The cap chooses which k; callers get them nearest first (replica_targets reads bands from the order).
+        answered = by_distance(self._capped(by_distance(e for e in self.entries.values() if e.state == _ANSWERED),
+                                            self.k))
         self.result.closest = [e.node for e in answered]
-        self.result.candidates = [e.node for e in self._closest_live()]
+        self.result.candidates = [e.node for e in by_distance(self._closest_live())]
         closest = {n.id for n in self.result.closest}
         self.result.beyond = [e.node for e in self._capped(self._live()) if e.node.id not in closest][: self.k]
         if not self.result.hops and answered:
