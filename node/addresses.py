@@ -32,6 +32,16 @@ def _parse(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+def endpoint_of(host: str, port: int) -> tuple[str, int]:
+    """One spelling of an (address, port): ``::1`` and ``0::1``, ``::ffff:a.b.c.d`` and ``a.b.c.d`` reach one socket.
+
+    A lookup keeps one node ID per endpoint; a peer must not pass one socket off
+    as several by writing its address several ways.
+    """
+    parsed = _parse(host)
+    return (host if parsed is None else str(parsed)), int(port)
+
+
 def source_of(address: tuple, restrict_loopback: bool = False) -> Source:
     """The key one sender's requests are counted under."""
     host = str(address[0])

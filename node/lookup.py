@@ -34,6 +34,18 @@ stalls and refills and ends at its own k closest answers, and no peer is asked
 by two paths. A colluder asked by one path is spent for the others, which must
 go past it to peers it cannot answer for. :func:`find_value` decides when a
 lookup pays for d paths.
+
+Nobody has to prove a node ID to route (a stock node cannot), so a peer may
+answer with any number of invented IDs next to the key, all at its own
+address, and they would all "answer" when asked. In a lookup one endpoint
+(address and port) therefore stands for one ID: the first the lookup meets for
+it, our own ID for our own address; a contact naming a taken endpoint under
+another ID is dropped and counted in :attr:`LookupResult.same_address`. And no
+more of the k closest candidates share a subnet than the routing table lets
+share a bucket (``contacts_per_subnet_bucket``, with loopback exempt unless
+``restrict_loopback``: :mod:`aether.node.addresses`) while there are others to
+take their places, so many ports of one host cannot fill them either. Neither
+costs a message.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from typing import TYPE_CHECKING
 
 from kademlia.node import Node
 
+from aether.node.addresses import endpoint_of, subnet_of
 from aether.node.values import Block, Entries, Entry, Record, ValueRejected, check_found, merge_entries, newest_first
 
 if TYPE_CHECKING:
@@ -73,8 +86,8 @@ class LookupResult:
     """The k closest peers known when the lookup ended, asked or not, nearest first
     (a lookup that stops at its first holder has asked only a few of them)."""
     beyond: list[Node] = field(default_factory=list)
-    """Peers past the k closest that the lookup met, nearest first: where a replica
-    goes when one of the k closest refuses it (its quota is full)."""
+    """Peers past the k closest that the lookup met, nearest first (a subnet's peers past its
+    share last): where a replica goes when one of the k closest refuses it (its quota is full)."""
     more: list[tuple[Node, int]] = field(default_factory=list)
     """Holders that have more entries than one page, with where their next page starts."""
     messages: int = 0
@@ -86,6 +99,8 @@ class LookupResult:
     seconds: float = 0.0
     paths: int = 1
     """Disjoint paths of the last lookup that made this result (1: a plain lookup)."""
+    same_address: int = 0
+    """Contacts dropped because their endpoint already stood for another ID in this lookup (or is our own)."""
 
     def add_costs(self, earlier: LookupResult) -> None:
         """Count an earlier lookup's requests and time in this one's (a lookup that was retried)."""
@@ -93,6 +108,7 @@ class LookupResult:
         self.failures += earlier.failures
         self.stalls += earlier.stalls
         self.rejected += earlier.rejected
+        self.same_address += earlier.same_address
         self.seconds += earlier.seconds
 
 
@@ -101,6 +117,8 @@ class _Entry:
     node: Node
     distance: int
     depth: int
+    subnet: str | None = None
+    """The /24 or /48 the peer's address is in, counted against the subnet cap; None when exempt."""
     state: int = _NEW
     prompt: asyncio.TimerHandle | None = None
     path: int = -1
@@ -161,6 +179,14 @@ class Lookup:
         self._entries: dict[tuple[bytes, bytes], Entry] = {}
         self.entries: dict[bytes, _Entry] = {}
         self.own_id = protocol.source_node.id
+        router = protocol.router
+        self.per_subnet: int = router.per_bucket
+        self.restrict_loopback: bool = router.restrict_loopback
+        self.endpoints: dict[tuple[str, int], bytes] = {}
+        """The one ID each endpoint stands for in this lookup: ours for our own, else the first met."""
+        sockname = protocol.transport.get_extra_info("sockname") if protocol.transport is not None else None
+        if sockname:
+            self.endpoints[endpoint_of(sockname[0], sockname[1])] = self.own_id
         self.result = LookupResult(target, paths=paths)
         self._records: list[tuple[Record, Node]] = []
         self.paths = [_Path(i) for i in range(paths)]
@@ -173,7 +199,12 @@ class Lookup:
             return
         entry = self.entries.get(node.id)
         if entry is None:
-            self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth)
+            endpoint = endpoint_of(node.ip, node.port)
+            if self.endpoints.setdefault(endpoint, node.id) != node.id:
+                self.result.same_address += 1  # one endpoint, one ID: a second is invented
+                return
+            subnet = subnet_of(endpoint[0], self.restrict_loopback)
+            self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth, subnet)
         elif depth < entry.depth and entry.state == _NEW:
             entry.depth = depth
         path.known.add(node.id)
@@ -189,7 +220,30 @@ class Lookup:
         return live
 
     def _closest_live(self, path: _Path | None = None) -> list[_Entry]:
-        return self._live(path)[: self.k]
+        return self._capped(self._live(path), self.k)
+
+    def _capped(self, entries: list[_Entry], limit: int | None = None) -> list[_Entry]:
+        """``entries`` (nearest first) with those past ``per_subnet`` of their subnet moved behind all others.
+
+        A subnet's further peers are asked, and count among the k closest, only
+        when there are not k others: many ports of one host next to a key do not
+        crowd out the rest, and a network that is all one LAN still finds its k
+        closest. When a nearer peer of the subnet fails, the next one moves up.
+        """
+        counts: dict[str, int] = {}
+        kept: list[_Entry] = []
+        extra: list[_Entry] = []
+        for entry in entries:
+            if limit is not None and len(kept) >= limit:
+                break
+            if entry.subnet is not None:
+                count = counts[entry.subnet] = counts.get(entry.subnet, 0) + 1
+                if count > self.per_subnet:
+                    extra.append(entry)
+                    continue
+            kept.append(entry)
+        kept.extend(extra)
+        return kept if limit is None else kept[:limit]
 
     async def run(self) -> LookupResult:
         loop = asyncio.get_running_loop()
@@ -253,7 +307,7 @@ class Lookup:
             return False
         if self.want_value:
             return bool(self._records or self._entries)
-        farthest = live[-1].distance
+        farthest = max(e.distance for e in live)  # a subnet's extra peers may stand behind farther ones
         return not any(e.state == _STALLED and e.distance < farthest for e in self._reachable(path))
 
     def _stall(self, entry: _Entry) -> None:
@@ -356,13 +410,16 @@ class Lookup:
 
     def _finish(self) -> None:
         self.result.entries = newest_first(self._entries.values())
-        answered = sorted((e for e in self.entries.values() if e.state == _ANSWERED), key=lambda e: e.distance)
-        self.result.closest = [e.node for e in answered[: self.k]]
-        self.result.candidates = [e.node for e in self._closest_live()]
+        by_distance = functools.partial(sorted, key=lambda e: e.distance)
+        # The cap chooses which k; callers get them nearest first (replica_targets reads bands from the order).
+        answered = by_distance(self._capped(by_distance(e for e in self.entries.values() if e.state == _ANSWERED),
+                                            self.k))
+        self.result.closest = [e.node for e in answered]
+        self.result.candidates = [e.node for e in by_distance(self._closest_live())]
         closest = {n.id for n in self.result.closest}
-        self.result.beyond = [e.node for e in self._live() if e.node.id not in closest][: self.k]
+        self.result.beyond = [e.node for e in self._capped(self._live()) if e.node.id not in closest][: self.k]
         if not self.result.hops and answered:
-            self.result.hops = max(e.depth for e in answered[: self.k])
+            self.result.hops = max(e.depth for e in answered)
         self.result.without_value.sort(key=lambda n: n.long_id ^ self.target_long)
         if self._records:
             best = max(self._records, key=lambda rn: rn[0].record.seq)[0]

@@ -8,7 +8,8 @@ changes, each at its root:
   sizes); nothing a peer sends raises out of ``datagram_received``;
 * every RPC waits for a timeout fitted to the peer's measured round trips
   (:mod:`aether.node.rtt`) instead of a fixed 5 s, and a reply is only accepted
-  from the address the request went to;
+  from the address the request went to (and a PING reply only if it names the
+  ID asked);
 * a contact leaves the routing table after several consecutive unanswered
   requests, not the first one, so a node survives packet loss and churn;
 * STORE accepts only verifiable values (:mod:`aether.node.values`) and
@@ -333,7 +334,20 @@ class AetherProtocol(KademliaProtocol):
         return self.find_reply(node, await self.request_find(node, target, want_value))
 
     async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        """PING a contact; a reply naming another ID than the one asked counts as no reply.
+
+        PING's reply is the one in kademlia's framing that names its sender
+        (FIND_NODE, FIND_VALUE and STORE replies carry no ID, only the address
+        they come from, which :meth:`_accept_response` checks). Whoever answers
+        at the address under another ID is not the contact we hold: a node
+        restarted with a new ID, or one of several IDs a peer invented for one
+        address. The contact fails and, after ``stale_after`` such pings, leaves
+        the table.
+        """
         result = await self.ping((node_to_ask.ip, node_to_ask.port), self.source_node.id)
+        if result[0] and result[1] != node_to_ask.id:
+            self.stats["ping_from_other_id"] += 1
+            result = (False, None)
         return self.handle_call_response(result, node_to_ask)
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:

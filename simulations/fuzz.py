@@ -675,15 +675,21 @@ class HostilePeer(LoopbackNode):
         request = await self._request(rpc)
         reply = wire.RESPONSE.to_bytes() + request[1:wire.HEADER_BYTES] + body
         await self.peer.send(reply, self.node_address)
+        taken_body = None  # what the node reads: the hostile body, or the None sent after a malformed one
         with contextlib.suppress(wire.WireError):
-            wire.decode(reply)
+            taken_body = wire.decode(reply).body
             reply = b""
         if reply:  # dropped as malformed: the request still waits, and a well-formed reply must end it
             await self.peer.send(wire.encode_response(request[1:wire.HEADER_BYTES], None), self.node_address)
         result = await asyncio.wait_for(task, 30)
         if rpc == "identify":
             return  # a hostile reply leaves the peer unproven (None); nothing raised is what counts
-        if not result[0] if isinstance(result, tuple) else not result.ok:
+        taken = result[0] if isinstance(result, tuple) else result.ok
+        if rpc == "ping":  # a PING reply counts only if it names the ID asked (node/protocol.py)
+            if taken != (taken_body == peer.id):
+                raise Finding(f"the node {'took' if taken else 'refused'} the PING reply {taken_body!r:.80}")
+            return
+        if not taken:
             raise Finding(f"the node did not take a well-formed reply to its {rpc}")
         if rpc == "store":
             server.refusal(peer, result[1])

@@ -22,12 +22,18 @@ from aether.storage.store import Store
 LOOPBACK = "127.0.0.1"
 
 
-async def start_node(home: Path, config: NodeConfig | None = None, *, port: int = 0) -> AetherNode:
-    """A node with a fresh (or existing) identity and store in ``home``, listening on loopback."""
+async def start_node(
+    home: Path, config: NodeConfig | None = None, *, port: int = 0, host: str = LOOPBACK
+) -> AetherNode:
+    """A node with a fresh (or existing) identity and store in ``home``, listening on loopback.
+
+    ``host`` may be any address of 127.0.0.0/8 (Linux answers on all of them), so
+    tests of per-address and per-subnet limits can put nodes on several hosts.
+    """
     home.mkdir(parents=True, exist_ok=True)
     identity = Identity.load(home) if Identity.exists(home) else _new_identity(home)
     node = AetherNode(identity, Store(home / "node.db"), config)
-    await node.listen(port, LOOPBACK)
+    await node.listen(port, host)
     return node
 
 
