@@ -1,4 +1,4 @@
-"""``aether-node team …``: create a team, change its members, take in a share, list teams, show one, unlock and lock it.
+"""``aether-node team …``: create a team, change its members and approve changes, take in a share, list teams, show one, unlock and lock it.
 
 Each command is one control operation (node/team_api.py) on the home's daemon, or on
 a temporary node when no daemon runs. ``team create`` checks its whole request here
