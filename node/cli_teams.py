@@ -1,4 +1,4 @@
-"""``aether-node team …``: create a team, change its members, take in a share, list teams, show one, unlock and lock it.
+"""``aether-node team …``: create a team, change its members and approve changes, take in a share, list teams, show one, unlock and lock it.
 
 Each command is one control operation (node/team_api.py) on the home's daemon, or on
 a temporary node when no daemon runs. ``team create`` checks its whole request here
@@ -116,8 +116,14 @@ def _change(obj: Context, op: str, team_ref: str, ids: tuple[str, ...], threshol
     changed = ", ".join([*(f"added {m}" for m in result["added"]), *(f"removed {m}" for m in result["removed"])])
     head = (f"team {result['name']} {result['id']}: epoch {result['epoch']} (was {result['previous_epoch']}), "
             f"{result['k']} of {result['n']} members unlock it; {changed}")
-    obj.emit(result, "\n".join([head, *_made_lines(result)]))
-    if not result["won"]:
+    lines = [head, *_made_lines(result)]
+    if result["pending"]:
+        more = result["needed"] - result["approvals"]
+        lines.append(f"change proposed: needs {more} more approval(s) from members of epoch {result['previous_epoch']}: "
+                     f"run `aether-node team approve-change {result['name']}` on their nodes "
+                     f"(proposal {result['proposal'][:16]})")
+    obj.emit(result, "\n".join(lines))
+    if not result["won"] and not result["pending"]:
         raise click.ClickException(
             f"another member made epoch {result['epoch']} of team {result['name']} at the same time, and every "
             f"node follows that one (its descriptor has the smaller digest): this change did not take. "
@@ -167,6 +173,34 @@ def remove_member(obj: Context, team_ref: str, ids: tuple[str, ...], threshold: 
     to them, and members no longer answer their unlock requests.
     """
     _change(obj, "team-remove-member", team_ref, ids, threshold, shares_out, timeout)
+
+
+@team.command("approve-change")
+@click.argument("team_ref", metavar="NAME|ID")
+@click.option("--proposal", metavar="HEX", default=None,
+              help="Which pending change to approve, by the first hex digits of its proposal ID (see `team status`).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Give up after this many seconds.")
+@click.pass_obj
+def approve_change(obj: Context, team_ref: str, proposal: str | None, timeout: float) -> None:
+    """Approve a member change another member proposed: it takes effect once K members of the current epoch signed it.
+
+    Shows what the change does (members added and removed, the new K, who made it);
+    the approval covers that exact change only. Not `team approve`, which answers
+    share requests.
+    """
+    args = {"team": team_ref, "proposal": proposal}
+    r = _run(obj, "team-approve-change", args, network=True, timeout=timeout)
+    state = (f"complete: this node now follows epoch {r['followed_epoch']}" if r["complete"] else
+             f"needs {r['needed'] - r['approvals']} more approval(s) from members of epoch {r['epoch'] - 1}")
+    obj.emit(r, "\n".join([f"approved the change of team {r['name']} {r['id']} to epoch {r['epoch']} "
+                           f"({r['approvals']} of {r['needed']} approvals): {state}", *_change_lines(r)]))
+
+
+def _change_lines(p: dict[str, Any]) -> list[str]:
+    """What a proposed change does, indented under its heading."""
+    return [f"  proposal {p['proposal'][:16]} by {p['maker']}: {p['previous_k']} -> {p['k']} of {p['n']} members",
+            *(f"  + {m}" for m in p["added"]), *(f"  - {m}" for m in p["removed"])]
 
 
 @team.command("import-share")
@@ -241,6 +275,11 @@ def _status_text(s: dict[str, Any]) -> str:
         else:
             state = f"unreachable ({m['reason']})"
         lines.append(f"  {m['index']:>3}  {m['node_id']}  {state}")
+    lines.append("pending changes:" + ("" if s["changes"] else " none"))
+    for c in s["changes"]:
+        lines.append(f"  epoch {c['epoch']}: {c['approvals']} of {c['needed']} approvals"
+                     + (" (signed here)" if c["signed_here"] else " (`team approve-change` to approve)"))
+        lines.extend("  " + line for line in _change_lines(c))
     if s["pending"] is None:
         lines.append("pending requests: (no daemon running: only the daemon keeps requests for approval)")
     else:

@@ -19,16 +19,19 @@ from aether.node.home import format_address
 from aether.node.team_ceremony import (
     Accepted,
     Created,
+    approve_change,
     change_members,
     create_team,
     import_share,
     parse_members,
+    pending_changes,
     plan_change,
     read_team,
+    team_records,
 )
 from aether.node.team_keys import lock
 from aether.node.team_unlock import Answerer, MemberResult, Pending, unlock
-from aether.node.teams import Descriptor, descriptor_of
+from aether.node.teams import Approval, Descriptor, Proposal, descriptor_of, team_key
 from aether.storage.store import TEAM_POLICIES, Store, TeamRow
 
 if TYPE_CHECKING:
@@ -147,10 +150,38 @@ async def _change(library: PatternLibrary, args: dict, *, adding: bool) -> dict[
         **_made_dict(changed.made, node.identity.public), "previous_epoch": changed.previous.epoch,
         "added": [m.node_id.hex() for m in changes.get("add", [])],
         "removed": [m.node_id.hex() for m in changes.get("remove", [])],
-        "won": changed.won,
-        "winner": {"epoch": winner.epoch, "k": winner.k, "n": winner.n, "digest": winner.digest().hex(),
-                   "members": [m.node_id.hex() for m in winner.members]},
+        "won": changed.won, "pending": changed.pending, "approvals": changed.signers, "needed": changed.needed,
+        "proposal": Approval(changed.made.descriptor.team_id, changed.made.descriptor.epoch,
+                             changed.made.descriptor.digest(), changed.made.record.author).proposal().hex(),
+        "winner": None if winner is None else {
+            "epoch": winner.epoch, "k": winner.k, "n": winner.n, "digest": winner.digest().hex(),
+            "members": [m.node_id.hex() for m in winner.members]},
     }
+
+
+def proposal_dict(p: Proposal, me: PublicIdentity) -> dict[str, Any]:
+    """A pending change as `team status` and `team approve-change` show it: what it changes, who made and signed it."""
+    d, before = p.link.descriptor, p.previous
+    return {
+        "proposal": Approval.of(p.link).proposal().hex(), "epoch": d.epoch, "k": d.k, "n": d.n,
+        "previous_k": before.k, "digest": d.digest().hex(),
+        "maker": next((m.node_id.hex() for m in before.members if m.signing_public == p.link.record.author), None),
+        "added": [m.node_id.hex() for m in d.members if m not in before.members],
+        "removed": [m.node_id.hex() for m in before.members if m not in d.members],
+        "approvals": len(p.signers), "needed": p.needed, "signed_here": me.signing_public in p.signers,
+    }
+
+
+async def _approve_change(library: PatternLibrary, args: dict) -> dict[str, Any]:
+    node = library.node
+    row = resolve_team(node.store, _text(args, "team"))
+    chosen = args.get("proposal")
+    if chosen is not None and not (isinstance(chosen, str) and re.fullmatch(r"[0-9a-fA-F]{1,64}", chosen)):
+        raise ControlError("bad-request", "'proposal' must be hex digits of a proposal ID (see `team status`)")
+    approved = await approve_change(node, row, chosen)
+    return {"name": row.name, "id": row.team_id.hex(), **proposal_dict(approved.proposal, node.identity.public),
+            "replicas": approved.replicas, "complete": approved.proposal.complete,
+            "followed_epoch": approved.followed.epoch}
 
 
 async def _add_member(library: PatternLibrary, args: dict) -> dict[str, Any]:
@@ -190,8 +221,11 @@ async def _status(library: PatternLibrary, args: dict) -> dict[str, Any]:
         else:
             entry["reason"] = "not connected to the network"
         members.append(entry)
+    records = await team_records(node, row.team_id) if connected else [
+        decode_record(held.value) for held in node.store.entries(team_key(row.team_id))]
+    changes = [proposal_dict(p, me) for p in pending_changes(node, row.team_id, records)]
     return {**_team_dict(node.store, row), "index": descriptor.index_of(me.signing_public),
-            "connected": connected, "members": members, **unlock_status(library, row)}
+            "connected": connected, "members": members, "changes": changes, **unlock_status(library, row)}
 
 
 # ------------------------------------------------------------------ unlocking (node/team_unlock.py)
@@ -288,6 +322,7 @@ def unlock_status(library: PatternLibrary, row: TeamRow) -> dict[str, Any]:
 TEAM_OPS: dict[str, Callable[[PatternLibrary, dict], Awaitable[dict[str, Any]]]] = {
     "team-create": _create, "team-import-share": _import_share, "team-list": _list, "team-status": _status,
     "team-add-member": _add_member, "team-remove-member": _remove_member,
+    "team-approve-change": _approve_change,
     "team-unlock": _unlock, "team-lock": _lock, "team-approve": _approve, "team-deny": _deny,
     "team-policy": _policy,
 }

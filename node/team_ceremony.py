@@ -8,9 +8,12 @@ stored, not even sealed at rest, so the creator holds no more power over the tea
 than any other member (it unlocks the team like everyone, with K shares).
 
 ``change_members`` is "Membership changes": the same ceremony for epoch e + 1, made by a
-member who has epoch e unlocked, with the old key chained under the new one; every
-member's node then follows the newest epoch (:func:`refresh_team`), and of two made at
-once, the one with the smaller digest.
+member who has epoch e unlocked, with the old key chained under the new one. Unless
+epoch e's threshold K_e is 1, what it makes is a proposal: it becomes the team's
+epoch once K_e members of epoch e in all have signed it, the maker and those who ran
+:func:`approve_change` (the rule is :func:`~aether.node.teams.follow_chain`'s).
+Every member's node then follows the newest valid epoch (:func:`refresh_team`), and
+of two made at once, the one with the smaller digest.
 
 A member takes in its share from its inbox in the DHT (node/team_inbox.py) or from
 a share file carried by hand (``--shares-out``, ``team import-share``): both go
@@ -52,12 +55,16 @@ from aether.node.files import write_atomically
 from aether.node.server import AetherNode, next_seq
 from aether.node.team_keys import held_chain, unlocked_key
 from aether.node.teams import (
+    APPROVAL_KIND,
     DESCRIPTOR_KIND,
     INBOX_KIND,
     MAX_TEAM_MEMBERS,
+    Approval,
     Descriptor,
     Link,
+    Proposal,
     TeamError,
+    approvers,
     check_distinct,
     check_team_name,
     check_threshold,
@@ -66,8 +73,10 @@ from aether.node.teams import (
     follow_chain,
     inbox_name,
     parse_inbox_name,
+    proposals,
     share_of,
     team_key,
+    team_topic,
     verify_signature,
 )
 from aether.node.values import Entry, ValueRejected
@@ -79,8 +88,8 @@ SHARE_FILE_MAGIC = "aether-team-share/1"
 SHARE_SUFFIX = ".share"
 MAX_SHARE_FILE_BYTES = 1 << 20
 """A share file holds one inbox entry and at most a chain of descriptors (7 KiB each)."""
-MAX_CHAIN = 128
-"""Descriptors one share file may carry."""
+MAX_CHAIN = 1024
+"""Descriptors and approvals one share file may carry."""
 MAX_PARALLEL_DELIVERIES = 8
 """Inbox entries placed at once: each is a lookup and k STOREs."""
 
@@ -255,7 +264,7 @@ async def create_team(node: AetherNode, name: str, k: int, members: Sequence[Pub
     descriptor = Descriptor(team_id, plan.name, salt, 0, plan.k, plan.members, commitment(key, team_id, 0))
     ceremony = _prepare(node, plan, descriptor, key)
     del key  # the creator keeps a share, like every member, and never the key
-    return await _place(node, plan, ceremony, [], "auto")
+    return await _place(node, plan, ceremony, [], "auto", keep_row=True)
 
 
 @dataclass(frozen=True)
@@ -293,18 +302,21 @@ def _prepare(node: AetherNode, plan: Plan, descriptor: Descriptor, key: bytes) -
 
 
 async def _place(node: AetherNode, plan: Plan, ceremony: _Ceremony, earlier: list[SignedRecord],
-                 policy: str) -> Created:
+                 policy: str, *, keep_row: bool) -> Created:
     """Write what a ceremony made, in order: share files, own share, the team's row, then the DHT entries.
 
-    ``earlier`` are the descriptor records of the epochs before this one, which the
-    share files carry so that a member with no network can check the whole chain.
+    ``earlier`` are the descriptor and approval records of the epochs before this one,
+    which the share files carry so that a member with no network can check the whole
+    chain. The row is written only when ``keep_row`` (creation): a new epoch is
+    followed once it is valid, by :func:`refresh_team`.
     Inbox entries are placed at most MAX_PARALLEL_DELIVERIES at a time; a member whose
     entry cannot be placed is reported, not fatal (its file, if any, still carries it).
     """
     d, record = ceremony.descriptor, ceremony.record
     written = _write_share_files(plan, [*earlier, record], ceremony.inbox)
     node.store.put_team_share(d.team_id, d.epoch, ceremony.own_share)
-    node.store.put_team(d.team_id, d.name, d.epoch, record.encode(), policy=policy)
+    if keep_row:
+        node.store.put_team(d.team_id, d.name, d.epoch, record.encode(), policy=policy)
     log.info("team %s (%s) epoch %d: %d of %d", d.name, d.team_id.hex(), d.epoch, d.k, d.n)
 
     places = asyncio.Semaphore(MAX_PARALLEL_DELIVERIES)
@@ -327,19 +339,31 @@ async def _place(node: AetherNode, plan: Plan, ceremony: _Ceremony, earlier: lis
 
 @dataclass(frozen=True)
 class Changed:
-    """What ``change_members`` did, and whether its epoch is the one the team follows."""
+    """What ``change_members`` did, and whether its epoch is the one the team follows or still a proposal."""
 
     made: Created
     """The new epoch as this node made it, and how its entries were placed."""
     previous: Descriptor
     """The epoch it follows."""
-    winner: Descriptor
+    winner: Descriptor | None
     """The descriptor of that epoch which every reader takes: ``made.descriptor`` unless
-    another member made the same epoch at once and its descriptor has the smaller digest."""
+    another member's change of the same epoch is valid too and has the smaller digest;
+    None while no descriptor of that epoch has its approvals (``made`` is pending)."""
+    signers: int = 1
+    """Members of ``previous`` who have signed ``made`` so far (its maker included)."""
 
     @property
     def won(self) -> bool:
         return self.winner == self.made.descriptor
+
+    @property
+    def pending(self) -> bool:
+        """The change waits for approvals: ``needed - signers`` more members of ``previous`` must approve it."""
+        return self.winner is None
+
+    @property
+    def needed(self) -> int:
+        return self.previous.k
 
 
 async def change_members(node: AetherNode, row: TeamRow, add: Sequence[PublicIdentity] = (),
@@ -355,11 +379,12 @@ async def change_members(node: AetherNode, row: TeamRow, add: Sequence[PublicIde
     must be unlocked here (:class:`TeamLocked` otherwise).
 
     Everything is checked before anything is written (:func:`plan_change`). Then the
-    writes go as at creation, and the team's descriptors are read back from the DHT:
-    if another member made epoch e + 1 at the same time and its descriptor has the
-    smaller digest, every reader follows that one, so this node does too (its row
-    moves to it and its own epoch's entries and share are dropped) and says so in
-    ``winner``.
+    writes go as at creation, but the row stays at epoch e: the new descriptor is a
+    proposal until K_e members of epoch e have signed it (with K_e = 1, at once).
+    The team's descriptors are then read back from the DHT: a complete change moves
+    the row; if another member's valid epoch e + 1 has the smaller digest, every
+    reader follows that one, so this node does too (its own epoch's entries and
+    share are dropped) and says so in ``winner``.
     """
     current = descriptor_of(decode_record(row.descriptor))
     team_id, epoch = current.team_id, current.epoch
@@ -378,13 +403,105 @@ async def change_members(node: AetherNode, row: TeamRow, add: Sequence[PublicIde
     del old_key
     ceremony = _prepare(node, plan, descriptor, key)
     del key  # like at creation: the maker keeps its share, never the key
-    made = await _place(node, plan, ceremony, [link.record for link in chain], row.policy)
-    followed, _ = await read_team(node, team_id)
-    winner = next((link.descriptor for link in followed if link.descriptor.epoch == epoch + 1), descriptor)
-    if winner != descriptor:
+    made = await _place(node, plan, ceremony, chain_records(chain), row.policy, keep_row=False)
+    records = await team_records(node, team_id)
+    followed, _ = refresh_team(node, team_id, records)
+    winner = next((link.descriptor for link in followed if link.descriptor.epoch == epoch + 1), None)
+    if winner is not None and winner != descriptor:
         log.warning("team %s (%s): another member's epoch %d was made at the same time and is the one followed",
                     current.name, team_id.hex(), epoch + 1)
-    return Changed(made, current, winner)
+    signers, _ = approvers(Link(descriptor, made.record), current, records)
+    return Changed(made, current, winner, len(signers))
+
+
+def chain_records(chain: Iterable[Link]) -> list[SignedRecord]:
+    """Every record that makes ``chain`` verifiable: each epoch's descriptor and the approvals it counted."""
+    return [record for link in chain for record in (link.record, *link.approvals)]
+
+
+async def team_records(node: AetherNode, team_id: bytes) -> list[SignedRecord]:
+    """The records the DHT (and this node) hold under the team's key now: descriptors and approvals."""
+    found = await node.get_entries(team_key(team_id))
+    return [entry.record for entry in found.entries]
+
+
+def pending_changes(node: AetherNode, team_id: bytes, records: Iterable[SignedRecord]) -> list[Proposal]:
+    """Proposals of the epoch after the one this node follows that still lack approvals, smallest digest first."""
+    row = node.store.team(team_id)
+    if row is None:
+        return []
+    return [p for p in proposals(records, descriptor_of(decode_record(row.descriptor))) if not p.complete]
+
+
+@dataclass(frozen=True)
+class Approved:
+    """What ``approve_change`` did: the proposal as it stands now, and the epoch this node follows after it."""
+
+    proposal: Proposal
+    record: SignedRecord
+    """This node's signed approval."""
+    replicas: int
+    """Peers that acknowledged the approval entry."""
+    followed: Descriptor
+    """The epoch the team's row holds afterwards: the proposal's, if this approval completed it."""
+
+
+async def approve_change(node: AetherNode, row: TeamRow, proposal: str | None = None) -> Approved:
+    """Sign this node's approval of a pending change of the team in ``row``, and follow it if that completes it.
+
+    The approval is a signed entry under the team's key naming the proposed
+    descriptor's digest and maker (:class:`~aether.node.teams.Approval`), so it counts
+    for that exact payload only: another key, member list or maker needs approvals of
+    its own. ``proposal`` (hex digits of the proposal ID, as ``team status`` shows it)
+    chooses among several. TeamError, before anything is signed, when this node is
+    not a member of the epoch it holds, has signed the proposal already, or no
+    pending proposal builds on the epoch it holds.
+    """
+    team_id = row.team_id
+    records = await team_records(node, team_id)
+    refresh_team(node, team_id, records)  # a change completed meanwhile is followed first
+    row = node.store.team(team_id) or row
+    current = descriptor_of(decode_record(row.descriptor))
+    team = f"team {current.name} ({team_id.hex()})"
+    me = node.identity.public.signing_public
+    if current.index_of(me) is None:
+        raise TeamError(f"this node is not a member of {team} epoch {current.epoch}: only its members approve a change")
+    pending = pending_changes(node, team_id, records)
+    if proposal is not None:
+        pending = [p for p in pending if Approval.of(p.link).proposal().hex().startswith(proposal.lower())]
+    if not pending:
+        later = [r for r in records if r.kind == DESCRIPTOR_KIND and _epoch_of(r) > current.epoch]
+        if later and proposal is None:
+            raise TeamError(f"the proposed change(s) of {team} do not build on epoch {current.epoch}, the one this "
+                            f"node holds: wait for its inbox to be read, then try again")
+        chosen = f" matching {proposal!r}" if proposal is not None else ""
+        raise TeamError(f"no change{chosen} of {team} waits for approval: epoch {current.epoch} is the newest")
+    if len(pending) > 1:
+        ids = ", ".join(Approval.of(p.link).proposal().hex()[:16] for p in pending)
+        raise TeamError(f"{len(pending)} changes of {team} wait for approval ({ids}): choose one with --proposal")
+    chosen = pending[0]
+    if me in chosen.signers:
+        made = "made" if chosen.link.record.author == me else "already approved"
+        raise TeamError(f"this node {made} that change of {team}: it needs {chosen.needed - len(chosen.signers)} "
+                        f"more approval(s) from other members of epoch {current.epoch}")
+    approval = Approval.of(chosen.link)
+    record = create_record(node.identity, APPROVAL_KIND, approval.name(), next_seq(), approval.encode(),
+                           int(node.config.record_ttl))
+    report = await node.put_entry(record)
+    chain, _ = refresh_team(node, team_id, [*records, record])
+    after = Proposal(Link(chosen.link.descriptor, chosen.link.record, (*chosen.link.approvals, record)), current,
+                     chosen.signers | {me})
+    log.info("team %s (%s): approved the change to epoch %d (%d of %d)", current.name, team_id.hex(),
+             current.epoch + 1, len(after.signers), after.needed)
+    return Approved(after, record, report.stored, chain[-1].descriptor if chain else current)
+
+
+def _epoch_of(record: SignedRecord) -> int:
+    """The epoch a descriptor record names, or -1 for one that does not parse."""
+    try:
+        return descriptor_of(record).epoch
+    except TeamError:
+        return -1
 
 
 async def redeliver(node: AetherNode) -> int:
@@ -402,7 +519,7 @@ async def redeliver(node: AetherNode) -> int:
                 continue
             try:
                 record = decode_record(held.value)
-                if record.kind in (DESCRIPTOR_KIND, INBOX_KIND) and (await node.put_entry(record)).stored:
+                if record.kind in (DESCRIPTOR_KIND, APPROVAL_KIND, INBOX_KIND) and (await node.put_entry(record)).stored:
                     placed += 1
             except (RecordError, ValueRejected) as exc:
                 log.warning("could not deliver %r again: %s", held.name, exc)
@@ -487,13 +604,17 @@ def accept_share(node: AetherNode, inbox: SignedRecord, descriptors: Iterable[Si
     node's index. The opened share is not kept: it stays sealed at rest.
     """
     member, team_id, epoch, sealed = share_of(inbox)
+    descriptors = list(descriptors)
     me = node.identity.public
     if member != me.node_id:
         raise TeamError(f"this share is for node {member.hex()}, not for this node ({me.node_id.hex()})")
     chain = _chain(node, team_id, descriptors)
     link = next((c for c in chain if c.descriptor.epoch == epoch), None)
     if link is None:
-        raise TeamUnknown(f"no valid descriptor of team {team_id.hex()} epoch {epoch} was found")
+        waiting = chain and chain[-1].descriptor.epoch == epoch - 1 and any(
+            not p.complete for p in proposals(descriptors, chain[-1].descriptor))
+        raise TeamUnknown(f"no valid descriptor of team {team_id.hex()} epoch {epoch} was found"
+                          + (": the change is proposed and waits for approvals" if waiting else ""))
     descriptor = link.descriptor
     if inbox.author != link.record.author:
         raise TeamError(
@@ -552,9 +673,8 @@ def refresh_team(node: AetherNode, team_id: bytes, records: Iterable[SignedRecor
 
 
 async def read_team(node: AetherNode, team_id: bytes) -> tuple[list[Link], bool]:
-    """:func:`refresh_team` with the descriptors the DHT holds under the team's key now."""
-    found = await node.get_entries(team_key(team_id))
-    return refresh_team(node, team_id, [entry.record for entry in found.entries])
+    """:func:`refresh_team` with the descriptors and approvals the DHT holds under the team's key now."""
+    return refresh_team(node, team_id, await team_records(node, team_id))
 
 
 def _follow(node: AetherNode, chain: list[Link], *, join: bool) -> bool:
@@ -604,16 +724,39 @@ def _drop_lost_epochs(node: AetherNode, chain: list[Link]) -> None:
             if lost:
                 node.store.delete_entry(held.key, held.author, held.name)
         node.store.forget_team_share(team_id, epoch)
+    _drop_lost_approvals(node, chain)
+
+
+def _drop_lost_approvals(node: AetherNode, chain: list[Link]) -> None:
+    """Forget this node's approvals of proposals that did not become their epoch: nobody needs them republished."""
+    me = node.identity.public.signing_public
+    kept = {Approval.of(link).name() for link in chain if link.descriptor.epoch > 0}
+    newest = chain[-1].descriptor
+    prefix = team_topic(newest.team_id) + b"#approval/"
+    for held in node.store.entries(team_key(newest.team_id)):
+        if held.author != me or not held.name.startswith(prefix) or held.name in kept:
+            continue
+        try:
+            epoch = int(held.name[len(prefix):].split(b"/")[0])
+        except ValueError:
+            continue
+        if epoch <= newest.epoch:
+            node.store.delete_entry(held.key, held.author, held.name)
 
 
 def _keep_descriptors(node: AetherNode, chain: list[Link]) -> None:
-    """Hold the team's descriptors pinned, so this member's node serves and republishes them too."""
+    """Hold the team's descriptors and their approvals pinned, so this member's node serves and republishes them too.
+
+    The approvals must stay with the descriptors: without them, no reader (this node's
+    own :func:`~aether.node.team_keys.held_chain` included) takes the epochs they approve.
+    """
     now = time.time()
     for link in chain:
-        record = link.record
-        if record.author == node.identity.public.signing_public or record.expires <= now:
-            continue
-        node.keep_entry(Entry(team_key(link.descriptor.team_id), record.encode(), record), role="replica", pinned=True)
+        for record in (link.record, *link.approvals):
+            if record.author == node.identity.public.signing_public or record.expires <= now:
+                continue
+            node.keep_entry(Entry(team_key(link.descriptor.team_id), record.encode(), record), role="replica",
+                            pinned=True)
 
 
 def import_share(node: AetherNode, data: bytes) -> Accepted:

@@ -9,13 +9,16 @@ travels as an entry under that member's inbox topic:
 
 * ``team:<team ID hex>#descriptor/<epoch>``, kind ``team-descriptor``: the epoch's
   :class:`Descriptor`, signed by the member who made the epoch (the creator for epoch 0);
+* ``team:<team ID hex>#approval/<epoch>/<proposal hex>``, kind ``team-approval``: a
+  member of the epoch before agreeing to one proposed descriptor of ``epoch``
+  (:class:`Approval`); epoch e + 1 counts only with K_e distinct signers of epoch e;
 * ``inbox:<member node ID hex>#share/<team ID hex>/<epoch>``, kind ``team-inbox``: the
   member's share sealed to it (``crypto.teams.seal``, purpose ``share``), signed by the
   member who made the epoch.
 
 Payloads are canonical msgpack, decoded strictly: a peer's bytes give either a
 well-formed value or a :class:`TeamError` that says what is wrong. Shapes are checked
-here; who may sign what is :meth:`Descriptor.verify` and :func:`follow_chain`.
+here; who may sign what is :meth:`Descriptor.verify`, :func:`approvers` and :func:`follow_chain`.
 """
 
 from __future__ import annotations
@@ -40,12 +43,18 @@ from aether.crypto.teams import (
 )
 
 __all__ = [
+    "APPROVAL_KIND",
     "DESCRIPTOR_KIND",
     "INBOX_KIND",
     "MAX_NAME_BYTES",
     "MAX_TEAM_MEMBERS",
+    "Approval",
     "Descriptor",
     "Link",
+    "Proposal",
+    "approval_name",
+    "approval_of",
+    "approvers",
     "TeamError",
     "check_distinct",
     "check_team_name",
@@ -58,6 +67,7 @@ __all__ = [
     "inbox_topic",
     "is_team_id",
     "parse_inbox_name",
+    "proposals",
     "share_of",
     "team_key",
     "team_topic",
@@ -65,6 +75,7 @@ __all__ = [
 ]
 
 DESCRIPTOR_KIND = "team-descriptor"
+APPROVAL_KIND = "team-approval"
 INBOX_KIND = "team-inbox"
 MAX_NAME_BYTES = 64
 """A team name is a short label (UTF-8)."""
@@ -102,6 +113,17 @@ def team_key(team_id: bytes) -> bytes:
 
 def descriptor_name(team_id: bytes, epoch: int) -> bytes:
     return team_topic(team_id) + b"#descriptor/" + str(_check_epoch(epoch)).encode()
+
+
+def approval_name(team_id: bytes, epoch: int, proposal: bytes) -> bytes:
+    """Name of an approval of the proposed epoch ``epoch`` whose :meth:`Approval.proposal` is ``proposal``.
+
+    One name per proposal, so a member's approvals of two competing proposals are two
+    entries, and approving the same one again replaces the first.
+    """
+    if not isinstance(proposal, bytes) or len(proposal) != DIGEST_BYTES:
+        raise TeamError(f"a proposal is named by a {DIGEST_BYTES}-byte digest")
+    return team_topic(team_id) + b"#approval/" + str(_check_epoch(epoch)).encode() + b"/" + proposal.hex().encode()
 
 
 def inbox_topic(node_id: bytes) -> bytes:
@@ -297,7 +319,9 @@ class Descriptor:
         name and salt gives the team ID (``crypto.teams.team_id_for``), and who is a
         member. Epoch e + 1 must follow ``previous`` (epoch e, already verified): same
         team, name and salt, ``previous`` is the SHA-256 of its encoding, and its signer
-        is one of its members. So nobody outside a team can make a new epoch of it.
+        is one of its members. So nobody outside a team can make a new epoch of it; that
+        enough members of epoch e agree to it is :func:`approvers`, checked by
+        :func:`follow_chain`.
         """
         if self.epoch == 0:
             try:
@@ -432,11 +456,101 @@ def verify_signature(record: SignedRecord) -> None:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """A member's consent to one proposed descriptor: its digest and who made (signed) it.
+
+    The maker is part of what is approved because the descriptor encoding does not
+    name it, and the maker is whose inbox entries members take in: an approval of
+    Alice's descriptor must not make a copy re-signed by someone else valid.
+    """
+
+    team_id: bytes
+    epoch: int
+    digest: bytes
+    """SHA-256 of the proposed descriptor's encoding (:meth:`Descriptor.digest`)."""
+    maker: bytes
+    """The Ed25519 key that signed the proposed descriptor's record."""
+
+    def __post_init__(self) -> None:
+        _check_team_id(self.team_id)
+        _check_epoch(self.epoch)
+        if not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_BYTES:
+            raise TeamError(f"approval: the digest is {DIGEST_BYTES} bytes")
+        if not isinstance(self.maker, bytes) or len(self.maker) != 32:
+            raise TeamError("approval: the maker is a 32-byte signing key")
+
+    @classmethod
+    def of(cls, link: Link) -> Approval:
+        """What approving this proposed epoch signs."""
+        d = link.descriptor
+        return cls(d.team_id, d.epoch, d.digest(), link.record.author)
+
+    def proposal(self) -> bytes:
+        """SHA-256 of digest and maker: the name's last part, one per proposal."""
+        return hashlib.sha256(b"aether-team-proposal/1" + self.digest + self.maker).digest()
+
+    def name(self) -> bytes:
+        return approval_name(self.team_id, self.epoch, self.proposal())
+
+    def encode(self) -> bytes:
+        """Canonical msgpack list: [team ID, epoch, digest, maker]."""
+        return _pack([self.team_id, self.epoch, self.digest, self.maker])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Approval:
+        """Parse untrusted bytes; raises TeamError only, whatever the input."""
+        fields = _unpack(data, "approval")
+        if not isinstance(fields, list) or len(fields) != 4:
+            raise TeamError("an approval is a list of 4 fields")
+        return cls(*fields)
+
+
+def approval_of(record: SignedRecord) -> Approval:
+    """The approval a record carries, checked to be named for the proposal it approves.
+
+    Like :func:`descriptor_of`, the signature is checked elsewhere; who may approve is
+    :func:`approvers`.
+    """
+    if record.kind != APPROVAL_KIND:
+        raise TeamError(f"a {record.kind!r} record is not a team approval")
+    approval = Approval.decode(record.payload)
+    if record.name != approval.name():
+        raise TeamError(f"the approval of team {approval.team_id.hex()} epoch {approval.epoch} is named {record.name!r}")
+    return approval
+
+
+@dataclass(frozen=True)
 class Link:
-    """One verified epoch of a team: the descriptor and the signed record that carried it."""
+    """One verified epoch of a team: the descriptor, the signed record that carried it, and its approvals."""
 
     descriptor: Descriptor
     record: SignedRecord
+    approvals: tuple[SignedRecord, ...] = ()
+    """The approval records of members of the epoch before that count for it (not the maker's own signature)."""
+
+
+def approvers(link: Link, previous: Descriptor, records: Iterable[SignedRecord]) -> tuple[set[bytes], list[SignedRecord]]:
+    """Who of ``previous``'s members agreed to ``link`` (the maker first among them), and the records that say so.
+
+    An approval counts only if it is signed by a member of ``previous`` and approves
+    exactly this descriptor made by this maker; approvals of any other payload, by
+    non-members, and a member's second approval add nobody. The maker's signature on
+    the descriptor counts as its approval.
+    """
+    wanted = Approval.of(link)
+    signers = {link.record.author} if previous.index_of(link.record.author) is not None else set()
+    counted: list[SignedRecord] = []
+    for record in records:
+        if record.kind != APPROVAL_KIND or record.author in signers or previous.index_of(record.author) is None:
+            continue
+        try:
+            if approval_of(record) != wanted:
+                continue
+        except TeamError:
+            continue
+        signers.add(record.author)
+        counted.append(record)
+    return signers, counted
 
 
 def follow_chain(records: Iterable[SignedRecord], team_id: bytes, start: SignedRecord | None = None) -> list[Link]:
@@ -444,14 +558,23 @@ def follow_chain(records: Iterable[SignedRecord], team_id: bytes, start: SignedR
 
     ``records`` are candidate descriptor records (from the DHT or a share file; their
     signatures already checked); ``start`` is a descriptor this node already trusts.
-    Records of other teams, forged ones, and epochs that do not follow the chain are left
-    out: a reader takes the newest valid epoch. When several valid records claim one
-    epoch (two members changed the team at once), the one with the smallest digest is
-    taken, so that every reader takes the same. Empty if nothing verifies.
+    ``records`` may also hold approvals (kind ``team-approval``): epoch e + 1 (e ≥ 0) is
+    valid only when at least K_e distinct members of epoch e signed it, its maker
+    and the approvers together (:func:`approvers`), so one member alone cannot change
+    a team whose threshold is 2 or more, nor undo its own removal. Records of other
+    teams, forged ones, and epochs that do not follow the chain are left out: a
+    reader takes the newest valid epoch. When several valid records claim one epoch
+    (two changes approved at once), the one with the smallest digest is taken, so
+    that every reader takes the same; a descriptor short of approvals takes no part
+    in that. Empty if nothing verifies.
     """
     candidates: dict[int, list[Link]] = {}
+    approvals: list[SignedRecord] = []
     for record in records:
         if topic_of(record.name) != team_topic(team_id):
+            continue
+        if record.kind == APPROVAL_KIND:
+            approvals.append(record)
             continue
         try:
             link = Link(descriptor_of(record), record)
@@ -478,8 +601,56 @@ def follow_chain(records: Iterable[SignedRecord], team_id: bytes, start: SignedR
                 link.descriptor.verify(link.record.author, held)
             except TeamError:
                 continue
-            chain.append(link)
+            signers, counted = approvers(link, held, approvals)
+            if len(signers) < held.k:
+                continue
+            chain.append(Link(link.descriptor, link.record, tuple(counted)))
             break
         else:
             break
     return chain
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A descriptor of the epoch after ``previous`` whose maker may make it, with the approvals it has so far."""
+
+    link: Link
+    previous: Descriptor
+    signers: frozenset[bytes]
+    """Distinct members of ``previous`` who signed it: its maker and each approver."""
+
+    @property
+    def needed(self) -> int:
+        """Approvals (signers) it takes to be valid: K of the previous epoch."""
+        return self.previous.k
+
+    @property
+    def complete(self) -> bool:
+        return len(self.signers) >= self.needed
+
+
+def proposals(records: Iterable[SignedRecord], previous: Descriptor) -> list[Proposal]:
+    """Every descriptor of epoch ``previous.epoch + 1`` in ``records`` that builds on ``previous``, smallest digest first.
+
+    Complete or not: what `team status` and `team approve-change` show. A record signed
+    by a non-member of ``previous``, or naming another previous epoch, is no proposal.
+    """
+    records = list(records)
+    approvals = [r for r in records if r.kind == APPROVAL_KIND and topic_of(r.name) == team_topic(previous.team_id)]
+    found: dict[tuple[bytes, bytes], Proposal] = {}
+    for record in records:
+        if record.kind != DESCRIPTOR_KIND:
+            continue
+        try:
+            descriptor = descriptor_of(record)
+            if descriptor.epoch != previous.epoch + 1:
+                continue
+            descriptor.verify(record.author, previous)
+        except TeamError:
+            continue
+        link = Link(descriptor, record)
+        signers, counted = approvers(link, previous, approvals)
+        found[(descriptor.digest(), record.author)] = Proposal(Link(descriptor, record, tuple(counted)), previous,
+                                                               frozenset(signers))
+    return [found[k] for k in sorted(found)]

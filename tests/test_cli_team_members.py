@@ -86,13 +86,26 @@ def test_members_are_added_and_removed_through_the_daemons(net) -> None:
     assert [t["epoch"] for t in teams_of(a)] == [0]
 
     added = ok_json(a, "team", "add-member", "eng", identity_of(d))
-    assert (added["epoch"], added["previous_epoch"], added["k"], added["n"], added["won"]) == (1, 0, 2, 4, True)
+    assert (added["epoch"], added["previous_epoch"], added["k"], added["n"]) == (1, 0, 2, 4)
+    assert (added["pending"], added["won"], added["approvals"], added["needed"]) == (True, False, 1, 2)
     assert added["added"] == [node_id[d]] and added["removed"] == []
     assert [m["node_id"] for m in added["members"]] == [node_id[h] for h in (a, b, c, d)]
     assert added["members"][0]["self"] and all(m["replicas"] >= 1 for m in added["members"][1:])
-    assert teams_of(a)[0]["epoch"] == 1 and teams_of(a)[0]["unlocked"] is False  # the new key is not kept
-    for home in (b, c, d):
-        until(at_epoch(home, team_id, 1), "every member takes in its share of epoch 1")
+    assert teams_of(a)[0]["epoch"] == 0  # a proposal: K = 2 members of epoch 0 must sign it
+
+    # Bob sees the pending change and approves it; the maker cannot approve its own.
+    shown = ok_json(b, "team", "status", "eng", "--timeout", "2")["changes"]
+    assert [(c_["epoch"], c_["added"], c_["approvals"], c_["needed"], c_["maker"]) for c_ in shown] == [
+        (1, [node_id[d]], 1, 2, node_id[a])]
+    assert "pending changes:\n  epoch 1: 1 of 2 approvals (`team approve-change` to approve)" in ok(
+        b, "team", "status", "eng", "--timeout", "2").stdout
+    assert_clean_error(run(a, "team", "approve-change", "eng"), "this node made that change of team eng")
+    approved = ok_json(b, "team", "approve-change", "eng")
+    assert (approved["complete"], approved["approvals"], approved["followed_epoch"]) == (True, 2, 1)
+    assert_clean_error(run(b, "team", "approve-change", "eng"), "no change of team eng")
+    for home in (a, b, c, d):
+        until(at_epoch(home, team_id, 1), "every member follows epoch 1 and holds its share of it")
+    assert teams_of(a)[0]["unlocked"] is False  # the new key is not kept
 
     # Bob unlocks epoch 1 (with dave's share) and removes carol, lowering K to 1 at once.
     unlock(b, [b, d], team_id, 1)
@@ -100,6 +113,11 @@ def test_members_are_added_and_removed_through_the_daemons(net) -> None:
     assert text.splitlines()[0] == (f"team eng {team_id}: epoch 2 (was 1), 1 of 3 members unlock it; "
                                     f"removed {node_id[c]}")
     assert "this node: keeps its own share" in text and node_id[c] not in text.split("\n", 1)[1]
+    assert ("change proposed: needs 1 more approval(s) from members of epoch 1: "
+            "run `aether-node team approve-change eng` on their nodes") in text
+    text = ok(d, "team", "approve-change", "eng").stdout
+    assert text.startswith(f"approved the change of team eng {team_id} to epoch 2 (2 of 2 approvals): complete")
+    assert f"  - {node_id[c]}" in text and "2 -> 1 of 3 members" in text
     for home in (a, d):
         until(at_epoch(home, team_id, 2), "the remaining members take in their shares of epoch 2")
     until(at_epoch(c, team_id, 2, holds_share=False), "carol's node follows epoch 2, with no share of it")

@@ -84,7 +84,7 @@ def test_five_members_three_unlock_and_the_outsider_reads_nothing(flow) -> None:
 
 def test_k_minus_one_online_is_a_clear_partial_then_a_removed_member_reads_nothing_new(flow) -> None:
     homes, daemons, root = flow
-    a, b, e = homes["a"], homes["b"], homes["e"]
+    a, b, c, e = homes["a"], homes["b"], homes["c"], homes["e"]
     team_id = next(t["id"] for t in teams_of(a) if t["name"] == "core")
 
     # Only A and B online: two of the three shares needed, and who did not answer.
@@ -105,7 +105,10 @@ def test_k_minus_one_online_is_a_clear_partial_then_a_removed_member_reads_nothi
 
     # E is removed: epoch 1, with a new key that only A to D get shares of.
     changed = ok_json(a, "team", "remove-member", "core", identity_of(e))
-    assert changed["epoch"] == 1 and changed["n"] == 4
+    assert changed["epoch"] == 1 and changed["n"] == 4 and changed["pending"]
+    # K = 3 members of epoch 0 must sign it: A made it, B and C approve it on their nodes.
+    assert not ok_json(b, "team", "approve-change", "core")["complete"]
+    assert ok_json(c, "team", "approve-change", "core")["complete"]
     for m in "bcd":
         until(lambda m=m: next((t for t in teams_of(homes[m]) if t["id"] == team_id and t["epoch"] == 1
                                 and t["holds_share"]), None), f"{m} takes in its epoch-1 share")

@@ -16,6 +16,7 @@ from aether.node.values import Entry
 from aether.simulations.network import start_node, stop_all
 
 from .conftest import QUIET
+from .test_teams import approval
 
 
 @pytest.fixture
@@ -29,13 +30,13 @@ async def team(tmp_path):
     shares = [open_sealed(n.identity, n.store.team_share(d.team_id, 0), purpose="share", team_id=d.team_id, epoch=0)
               for n in nodes]
     try:
-        yield alice, created, combine_shares(shares)
+        yield alice, created, combine_shares(shares), bob
     finally:
         stop_all(nodes)
 
 
 async def test_a_kept_key_is_sealed_at_rest_and_read_back(team, tmp_path) -> None:
-    alice, created, key = team
+    alice, created, key, _ = team
     team_id = created.descriptor.team_id
     assert unlocked_keys(alice, team_id) == {}
     assert keep_unlocked(alice, team_id, 0, key, ttl=60) == [0]
@@ -49,7 +50,7 @@ async def test_a_kept_key_is_sealed_at_rest_and_read_back(team, tmp_path) -> Non
 
 
 async def test_a_key_is_forgotten_when_its_time_is_up_and_on_lock(team) -> None:
-    alice, created, key = team
+    alice, created, key, _ = team
     team_id = created.descriptor.team_id
     keep_unlocked(alice, team_id, 0, key, ttl=30)
     assert alice.store.team_keys(team_id, now=time.time() + 29) != {}
@@ -59,7 +60,7 @@ async def test_a_key_is_forgotten_when_its_time_is_up_and_on_lock(team) -> None:
 
 
 async def test_a_key_another_node_sealed_does_not_open_here(team, tmp_path) -> None:
-    alice, created, key = team
+    alice, created, key, _ = team
     team_id = created.descriptor.team_id
     other = await start_node(tmp_path / "other", QUIET)
     try:
@@ -71,20 +72,22 @@ async def test_a_key_another_node_sealed_does_not_open_here(team, tmp_path) -> N
 
 
 async def test_unlocking_a_newer_epoch_keeps_every_older_key_it_chains_to(team) -> None:
-    alice, created, key0 = team
+    alice, created, key0, bob = team
     d0 = created.descriptor
     key1 = new_team_key()
     d1 = Descriptor(d0.team_id, d0.name, d0.salt, 1, d0.k, d0.members, commitment(key1, d0.team_id, 1),
                     d0.digest(), chain_previous(key1, d0.team_id, 0, key0))
     record = create_record(alice.identity, DESCRIPTOR_KIND, descriptor_name(d0.team_id, 1), next_seq(), d1.encode(), 3600)
     alice.keep_entry(Entry(team_key(d0.team_id), record.encode(), record), role="own", pinned=True)
+    agreed = approval(bob.identity, record)  # K = 2 members of epoch 0 sign epoch 1
+    alice.keep_entry(Entry(team_key(d0.team_id), agreed.encode(), agreed), role="replica", pinned=True)
     assert [link.descriptor.epoch for link in held_chain(alice, d0.team_id)] == [0, 1]
     assert keep_unlocked(alice, d0.team_id, 1, key1, ttl=60) == [1, 0]
     assert unlocked_keys(alice, d0.team_id) == {0: key0, 1: key1}
 
 
 async def test_a_chain_that_does_not_open_keeps_only_the_key_given(team) -> None:
-    alice, created, key0 = team
+    alice, created, key0, _ = team
     d0 = created.descriptor
     key1, wrong = new_team_key(), new_team_key()
     d1 = Descriptor(d0.team_id, d0.name, d0.salt, 1, d0.k, d0.members, commitment(key1, d0.team_id, 1),

@@ -34,6 +34,7 @@ from aether.node.team_ceremony import (
     SHARE_SUFFIX,
     TeamLocked,
     _prepare,
+    approve_change,
     change_members,
     create_team,
     import_share,
@@ -54,7 +55,7 @@ from aether.node.teams import (
 from aether.simulations.network import local_network, start_node, stop_all
 
 from .conftest import QUIET
-from .test_teams import identities, open_share, snapshot
+from .test_teams import approval, identities, open_share, signed, snapshot
 
 CONFIG = QUIET.replace(ksize=8)
 SIZE = 10
@@ -99,6 +100,12 @@ async def team_of(creator: AetherNode, members: list[AetherNode], k: int, name: 
     return created.descriptor
 
 
+async def approve(approvers: list[AetherNode], team_id: bytes) -> None:
+    """Each of these members' nodes approves the one change of the team waiting for approval."""
+    for node in approvers:
+        await approve_change(node, row_of(node, team_id))
+
+
 async def read_chain(reader: AetherNode, team_id: bytes) -> list[Descriptor]:
     found = await reader.get_entries(team_key(team_id))
     return [link.descriptor for link in follow_chain([e.record for e in found.entries], team_id)]
@@ -115,14 +122,25 @@ async def test_adding_a_member_starts_epoch_1_that_every_member_takes_in(network
 
     changed = await change_members(alice, row_of(alice, team_id), add=[pub(dave)])
     d1 = changed.made.descriptor
-    assert changed.won and changed.winner == d1 and changed.previous == d0
+    assert changed.pending and not changed.won and (changed.signers, changed.needed) == (1, 2)
+    assert changed.previous == d0
     assert (d1.epoch, d1.k, d1.members) == (1, 2, (pub(alice), pub(bob), pub(carol), pub(dave)))
     assert d1.previous == d0.digest() and d1.commitment != d0.commitment
     d1.verify(pub(alice).signing_public, d0)
     assert changed.made.replicas > 0 and all(x.replicas > 0 for x in changed.made.deliveries if x.index != 1)
+    # A proposal: K = 2 members of epoch 0 must sign it, so nobody follows it yet.
+    assert await read_chain(outsider, team_id) == [d0]
+    assert row_of(alice, team_id).epoch == 0
+    for member in (bob, carol, dave):
+        report = await Inbox(member).poll()
+        assert report.imported == [] and report.waiting == 1  # its share waits for the approvals
+        assert member.store.team_share(team_id, 1) is None
+    await approve([bob], team_id)
     assert await read_chain(outsider, team_id) == [d0, d1]
+    assert row_of(bob, team_id).epoch == 1  # the approval that completes it moves the approver's row
+    await Inbox(alice).poll()  # the daemon's periodic read: the maker follows its approved change
 
-    # The maker moves at once, keeps its own share and not the new key (it unlocks epoch 1 like everyone).
+    # The maker keeps its own share and not the new key (it unlocks epoch 1 like everyone).
     assert row_of(alice, team_id).epoch == 1 and held_descriptor(row_of(alice, team_id)) == d1
     assert alice.store.team_share(team_id, 1) is not None
     assert set(alice.store.team_keys(team_id)) == {0}
@@ -154,7 +172,8 @@ async def test_a_removed_member_gets_nothing_of_the_new_epoch(network) -> None:
 
     changed = await change_members(bob, row_of(bob, team_id), remove=[pub(dave)])
     d1 = changed.made.descriptor
-    assert changed.won and d1.members == (pub(alice), pub(bob), pub(carol)) and d1.k == 2
+    assert changed.pending and d1.members == (pub(alice), pub(bob), pub(carol)) and d1.k == 2
+    await approve([carol], team_id)
     assert d1.index_of(pub(dave).signing_public) is None
     assert [x.member for x in changed.made.deliveries] == [pub(alice), pub(bob), pub(carol)]
 
@@ -190,6 +209,82 @@ async def test_a_removed_member_gets_nothing_of_the_new_epoch(network) -> None:
     keep_unlocked(dave, team_id, 0, key0, TTL)
     with pytest.raises(TeamError, match="not a member of team shrink .* epoch 1"):
         await change_members(dave, row_of(dave, team_id), add=[Identity.generate().public])
+
+
+# ---------------------------------------------------------------------- approvals
+@ON_NETWORK
+async def test_a_change_takes_effect_with_k_approvals_and_not_with_k_minus_one(network) -> None:
+    alice, bob, carol, dave, erin = network[0], network[1], network[2], network[3], network[4]
+    d0 = await team_of(alice, [bob, carol, dave], 3, "quorum")
+    team_id = d0.team_id
+    unlock(alice, [alice, bob, carol], d0)
+    changed = await change_members(alice, row_of(alice, team_id), add=[pub(erin)])
+    d1 = changed.made.descriptor
+    assert changed.pending and (changed.signers, changed.needed) == (1, 3)
+
+    await approve([bob], team_id)  # 2 of 3: still pending everywhere
+    for node in (alice, bob, carol, dave, erin):
+        await Inbox(node).poll()
+    assert [row_of(n, team_id).epoch for n in (alice, bob, carol, dave)] == [0, 0, 0, 0]
+    assert erin.store.team(team_id) is None
+    with pytest.raises(TeamError, match="this node already approved that change of team quorum .* 1 more approval"):
+        await approve([bob], team_id)
+    with pytest.raises(TeamError, match="this node made that change"):
+        await approve([alice], team_id)
+
+    approved = await approve_change(carol, row_of(carol, team_id))  # the third signer completes it
+    assert approved.proposal.complete and approved.followed == d1 and approved.replicas > 0
+    for node in (alice, bob, dave, erin):  # each daemon's periodic read follows it, share and all
+        await Inbox(node).poll()
+    await Inbox(carol).poll()
+    for node in (alice, bob, carol, dave, erin):
+        assert held_descriptor(row_of(node, team_id)) == d1 and node.store.team_share(team_id, 1) is not None
+        assert [link.descriptor for link in held_chain(node, team_id)] == [d0, d1]
+    key_of([bob, carol, erin], d1)
+    with pytest.raises(TeamError, match="no change of team quorum .* waits for approval: epoch 1 is the newest"):
+        await approve([dave], team_id)
+
+
+@ON_NETWORK
+async def test_a_removed_member_cannot_replace_the_epoch_that_removed_it(network) -> None:
+    """Rex, removed with K = 2, signs its own epoch 1 that keeps it in, with a key it knows and a smaller digest."""
+    alice, bob, rex, outsider = network[5], network[6], network[7], network[8]
+    d0 = await team_of(alice, [bob, rex], 2, "ousted")
+    team_id = d0.team_id
+    key0 = key_of([alice, bob], d0)
+    keep_unlocked(alice, team_id, 0, key0, TTL)
+    changed = await change_members(alice, row_of(alice, team_id), remove=[pub(rex)])
+    await bob.put_entry(approval(bob.identity, changed.made.record))  # what `team approve-change` signs
+    d1 = changed.made.descriptor
+    for node in (alice, bob, rex):
+        await Inbox(node).poll()
+    assert [held_descriptor(row_of(n, team_id)) for n in (alice, bob, rex)] == [d1, d1, d1]
+
+    # Rex's own epoch 1: itself back in, K = 1, a key it keeps; tried until its digest is the smaller.
+    while True:
+        rex_key = new_team_key()
+        rival = Descriptor(team_id, d0.name, d0.salt, 1, 1, (pub(alice), pub(bob), pub(rex)),
+                           commitment(rex_key, team_id, 1), d0.digest(), chain_previous(rex_key, team_id, 0, key0))
+        if rival.digest() < d1.digest():
+            break
+    rival.verify(pub(rex).signing_public, d0)  # a member of epoch 0 may sign it: the old rule alone lets it in
+    rival_record = signed(rex.identity, rival)
+    await rex.put_entry(rival_record)
+    await rex.put_entry(approval(rex.identity, rival_record))  # its own approval again: still one signer
+    await outsider.put_entry(approval(outsider.identity, rival_record))  # a non-member's: nobody
+    await rex.put_entry(approval(rex.identity, changed.made.record, maker=pub(rex).signing_public))
+
+    for node in (alice, bob, rex):
+        await Inbox(node).poll()
+    for node in (alice, bob):
+        assert held_descriptor(row_of(node, team_id)) == d1
+        with pytest.raises(TeamError, match="no change of team ousted .* waits for approval"):
+            await approve([node], team_id)  # the rival builds on epoch 0, not on the epoch held
+    for reader in (outsider, rex):  # a reader from epoch 0, and rex's own node
+        assert await read_chain(reader, team_id) == [d0, d1]
+    assert held_descriptor(row_of(rex, team_id)) == d1
+    with pytest.raises(TeamError, match="this node is not a member of team ousted .* epoch 1: only its members approve"):
+        await approve([rex], team_id)
 
 
 # ---------------------------------------------------------------------- refusing
@@ -269,13 +364,16 @@ async def test_two_changes_at_once_every_reader_takes_the_smaller_digest(network
     unlock(bob, [alice, bob], d0)
 
     by_alice = await change_members(alice, row_of(alice, team_id), add=[pub(erin)])
-    assert by_alice.won
+    assert by_alice.pending
     assert row_of(bob, team_id).epoch == 0  # bob has not polled: it builds on epoch 0 too
     by_bob = await change_members(bob, row_of(bob, team_id), remove=[pub(carol)])
+    assert by_bob.pending
+    # Carol approves both before her node reads either back: two valid epochs 1.
+    for made in (by_alice.made, by_bob.made):
+        await carol.put_entry(approval(carol.identity, made.record))
     ours = {alice.node.id: by_alice.made.descriptor, bob.node.id: by_bob.made.descriptor}
     winner = min(ours.values(), key=Descriptor.digest)
     loser_node, winner_node = (alice, bob) if winner == ours[bob.node.id] else (bob, alice)
-    assert by_bob.winner == winner and by_bob.won == (winner == ours[bob.node.id])
 
     for node in (alice, bob, carol, erin):
         await Inbox(node).poll()
@@ -315,7 +413,10 @@ async def test_a_share_refused_while_following_a_forks_loser_is_taken_once_the_w
     winner, loser = sorted(made.values(), key=lambda c: c.descriptor.digest())
     by_author = {pub(maker).signing_public: maker for maker in (alice, bob)}
     to_carol = winner.inbox[winner.descriptor.members.index(pub(carol))]
+    approving = {alice.node.id: bob, bob.node.id: alice}  # each maker approves the other's change
     await by_author[loser.record.author].put_entry(loser.record)
+    loser_maker = by_author[loser.record.author]
+    await approving[loser_maker.node.id].put_entry(approval(approving[loser_maker.node.id].identity, loser.record))
     await by_author[winner.record.author].put_entry(to_carol)
 
     inbox = Inbox(carol)
@@ -323,7 +424,9 @@ async def test_a_share_refused_while_following_a_forks_loser_is_taken_once_the_w
     assert first.imported == [] and any("not signed by the member who made that epoch" in r for r in first.refused)
     assert held_descriptor(row_of(carol, d0.team_id)) == loser.descriptor
     await inbox.poll()
-    await by_author[winner.record.author].put_entry(winner.record)
+    winner_maker = by_author[winner.record.author]
+    await winner_maker.put_entry(winner.record)
+    await approving[winner_maker.node.id].put_entry(approval(approving[winner_maker.node.id].identity, winner.record))
     assert (await inbox.poll()).moved == [(d0.team_id, 1)]
     assert held_descriptor(row_of(carol, d0.team_id)) == winner.descriptor
     assert (await inbox.poll()).imported == [(d0.team_id, 1)]
@@ -337,7 +440,8 @@ async def test_an_offline_change_travels_by_share_files(tmp_path) -> None:
     nodes = [await start_node(tmp_path / name, CONFIG) for name in names]  # never joined: no network at all
     try:
         alice, bob, carol, dave = nodes
-        created = await create_team(alice, "field", 2, [pub(bob), pub(carol)], tmp_path / "out0")
+        # K = 1 at epoch 0: one member's signature makes epoch 1, so no approval has to travel.
+        created = await create_team(alice, "field", 1, [pub(bob), pub(carol)], tmp_path / "out0")
         d0 = created.descriptor
         by_member = {pub(node): node for node in nodes}
         for x in created.deliveries:
@@ -362,5 +466,14 @@ async def test_an_offline_change_travels_by_share_files(tmp_path) -> None:
         import_share(carol, files[pub(carol)].read_bytes())
         assert unlock(dave, [bob, carol, dave], d1) == [1, 0]
         assert unlocked_key(dave, d0.team_id, 0) == unlocked_key(alice, d0.team_id, 0)
+
+        # From epoch 1 (K = 3), a change is a proposal: its share files are refused until it is approved.
+        pending = await change_members(dave, row_of(dave, d0.team_id), remove=[pub(carol)],
+                                       shares_out=tmp_path / "out2")
+        assert pending.pending and (pending.signers, pending.needed) == (1, 3)
+        bob_file = next(x.file for x in pending.made.deliveries if x.member == pub(bob))
+        with pytest.raises(TeamError, match="epoch 2 was found: the change is proposed and waits for approvals"):
+            import_share(bob, bob_file.read_bytes())
+        assert row_of(bob, d0.team_id).epoch == 1 and row_of(dave, d0.team_id).epoch == 1
     finally:
         stop_all(nodes)

@@ -38,12 +38,14 @@ from aether.node.server import AetherNode, QuotaExceeded, next_seq
 from aether.node.team_ceremony import create_team
 from aether.node.team_inbox import Inbox
 from aether.node.team_keys import held_chain, keep_unlocked, unlocked_keys
-from aether.node.teams import DESCRIPTOR_KIND, Descriptor, descriptor_name
+from aether.node.teams import DESCRIPTOR_KIND, Descriptor, descriptor_name, team_key
+from aether.node.values import Entry
 from aether.simulations.network import local_network
 from aether.storage.store import RESERVED_BYTES, TeamRow
 
 from .conftest import QUIET, wait_for
 from .test_patterns import lie_about, make_pattern, store_snapshot
+from .test_teams import approval
 
 SIZE = 10
 K = 4
@@ -273,8 +275,10 @@ async def test_patterns_of_two_epochs_are_read_with_the_keys_of_both(network):
                     chain_previous(key1, d0.team_id, 0, key0))
     record = create_record(members[0].identity, DESCRIPTOR_KIND, descriptor_name(d0.team_id, 1), next_seq(),
                            d1.encode(), 3600)
+    agreed = approval(members[1].identity, record)  # K = 2 members of epoch 0 sign epoch 1
     for node in members:
         assert node.store.put_team(d0.team_id, "epochs", 1, record.encode())
+        node.keep_entry(Entry(team_key(d0.team_id), agreed.encode(), agreed), role="replica", pinned=True)
         assert [link.descriptor.epoch for link in held_chain(node, d0.team_id)] == [0, 1]
     for node in members[:2]:
         assert keep_unlocked(node, d0.team_id, 1, key1, TTL) == [1, 0]

@@ -21,7 +21,7 @@ from aether.crypto.teams import check_commitment, seal
 from aether.node.contact import publish_contact
 from aether.node.server import AetherNode, next_seq
 from aether.node.team_api import TEAM_OPS
-from aether.node.team_ceremony import change_members, create_team
+from aether.node.team_ceremony import approve_change, change_members, create_team
 from aether.node.team_inbox import Inbox
 from aether.node.team_keys import lock, unlocked_key, unlocked_keys
 from aether.node import team_unlock
@@ -389,7 +389,9 @@ async def test_after_a_removal_the_removed_members_requests_are_refused_and_memb
     old_request = make_request(leaves, d.team_id, 0)  # made while it was a member
     assert (await run_unlock(maker, d.team_id)).unlocked
     changed = await change_members(maker, maker.store.team(d.team_id), remove=[leaves.identity.public])
-    assert changed.won and changed.made.descriptor.epoch == 1
+    assert changed.pending and changed.made.descriptor.epoch == 1
+    assert (await approve_change(stays, stays.store.team(d.team_id))).followed == changed.made.descriptor
+    await Inbox(maker).poll()  # the maker's daemon follows its change once approved
     assert (d.team_id, 1) in (await Inbox(stays).poll()).imported
     await Inbox(leaves).poll()  # follows epoch 1, in which it has no share
     assert stays.store.team(d.team_id).epoch == 1 and leaves.store.team(d.team_id).epoch == 1

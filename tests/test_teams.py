@@ -42,10 +42,13 @@ from aether.node.team_ceremony import (
 from aether.node import team_inbox
 from aether.node.team_inbox import Inbox
 from aether.node.teams import (
+    APPROVAL_KIND,
     DESCRIPTOR_KIND,
     INBOX_KIND,
     MAX_TEAM_MEMBERS,
+    Approval,
     Descriptor,
+    Link,
     TeamError,
     descriptor_name,
     descriptor_of,
@@ -84,6 +87,14 @@ def epoch1(previous: Descriptor, members: list[PublicIdentity], key: bytes = byt
 def signed(identity: Identity, descriptor: Descriptor):
     return create_record(identity, DESCRIPTOR_KIND, descriptor_name(descriptor.team_id, descriptor.epoch),
                          next_seq(), descriptor.encode(), 3600)
+
+
+def approval(identity: Identity, proposed, maker: bytes | None = None):
+    """``identity``'s signed approval of the descriptor record ``proposed`` (as made by ``maker``, its author by default)."""
+    a = Approval.of(Link(descriptor_of(proposed), proposed))
+    if maker is not None:
+        a = dataclasses.replace(a, maker=maker)
+    return create_record(identity, APPROVAL_KIND, a.name(), next_seq(), a.encode(), 3600)
 
 
 def open_share(identity: Identity, sealed: bytes, team_id: bytes, epoch: int = 0) -> bytes:
@@ -217,11 +228,54 @@ def test_the_chain_takes_the_newest_valid_epoch_and_leaves_forgeries_out() -> No
         signed(bob, second),
         signed(mallory, forged_first),
     ]
+    records.append(approval(alice, records[3]))  # K = 2 members of epoch 0 sign epoch 1: bob and alice
     chain = follow_chain(records, first.team_id)
     assert [link.descriptor for link in chain] == [first, second]
-    assert chain[1].record.author == bob.public.signing_public
+    assert chain[1].record.author == bob.public.signing_public and chain[1].approvals == (records[5],)
     assert follow_chain(records[:1], first.team_id) == []
-    assert [c.descriptor for c in follow_chain([records[3]], first.team_id, start=records[1])] == [first, second]
+    assert [c.descriptor for c in follow_chain(records[3:], first.team_id, start=records[1])] == [first, second]
+
+
+def test_epoch_1_counts_only_with_k_distinct_members_of_epoch_0_approving_its_exact_payload() -> None:
+    alice, bob, carol, removed, outsider = identities(5)
+    first = epoch0(alice, [alice.public, bob.public, carol.public, removed.public], k=3)
+    proposed = signed(alice, epoch1(first, [alice.public, bob.public, carol.public]))
+    other = signed(alice, epoch1(first, [alice.public, bob.public, carol.public], key=bytes(32)))  # another key
+    copied = signed(bob, descriptor_of(proposed))  # the same payload, re-signed by another maker
+    start = signed(alice, first)
+
+    def epochs(*records) -> list[int]:
+        return [link.descriptor.epoch for link in follow_chain([start, *records], first.team_id)]
+
+    assert epochs(proposed) == [0]  # the maker alone: 1 of 3
+    assert epochs(proposed, approval(bob, proposed)) == [0]  # K - 1 = 2 of 3: still pending
+    assert epochs(proposed, approval(bob, proposed), approval(carol, proposed)) == [0, 1]
+    assert epochs(proposed, approval(bob, proposed), approval(removed, proposed)) == [0, 1]  # a member of epoch 0
+    # Approvals that add nobody: a non-member's, another payload's, another maker's, the maker's own,
+    # and one member's approval counted twice (two sequence numbers of one entry).
+    assert epochs(proposed, approval(bob, proposed), approval(outsider, proposed)) == [0]
+    assert epochs(proposed, approval(bob, proposed), approval(carol, other)) == [0]
+    assert epochs(proposed, approval(bob, proposed), approval(carol, proposed, maker=bob.public.signing_public)) == [0]
+    assert epochs(proposed, approval(bob, proposed), approval(alice, proposed)) == [0]
+    assert epochs(proposed, approval(bob, proposed), approval(bob, proposed)) == [0]
+    assert epochs(copied, approval(alice, proposed), approval(carol, proposed)) == [0]
+    forged = approval(carol, proposed)
+    renamed = dataclasses.replace(forged, name=approval(carol, other).name)
+    assert epochs(proposed, approval(bob, proposed), renamed) == [0]  # named for another proposal
+    # K = 1: any one member's signature is enough, as it already unlocks alone.
+    solo = epoch0(alice, [alice.public, bob.public], k=1)
+    assert [link.descriptor.epoch for link in follow_chain(
+        [signed(alice, solo), signed(bob, epoch1(solo, [bob.public]))], solo.team_id)] == [0, 1]
+
+
+def test_of_two_epochs_1_the_smaller_digest_wins_only_among_approved_ones() -> None:
+    alice, bob, carol = identities(3)
+    first = epoch0(alice, [alice.public, bob.public, carol.public])
+    a, b = (signed(alice, epoch1(first, [alice.public, bob.public], key=bytes([i]) * 32)) for i in (1, 2))
+    small, large = sorted([a, b], key=lambda r: descriptor_of(r).digest())
+    base = [signed(alice, first), small, large, approval(carol, large)]
+    assert follow_chain(base, first.team_id)[-1].record == large  # the smaller one lacks approvals
+    assert follow_chain([*base, approval(bob, small)], first.team_id)[-1].record == small
 
 
 def test_descriptor_records_must_be_named_for_their_team_and_epoch() -> None:
