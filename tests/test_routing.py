@@ -19,6 +19,9 @@ class _NoPings:
     async def call_ping(self, node):
         return (True, node.id)
 
+    def last_seen(self, node_id):
+        return None
+
 
 def filled_table(own: Node, ksize: int, nodes: list[Node]) -> AetherRoutingTable:
     """A table holding what it accepts of ``nodes``, built inside an event loop of its own.
@@ -105,3 +108,41 @@ def test_the_table_splits_and_places_contacts_exactly_as_stock_does(seed, contac
     for bucket in ours.buckets:
         if bucket.nodes:
             assert bucket_depth(bucket) == bucket.depth()
+
+
+def test_a_full_bucket_pings_its_head_only_when_the_head_has_not_spoken_lately():
+    """A head heard from within GOOD_FOR is alive: the newcomer waits in the replacement cache, unpinged."""
+    import time as _time
+
+    from aether.node.routing import GOOD_FOR
+
+    class Recorder:
+        def __init__(self, seen):
+            self.seen, self.pinged = seen, []
+
+        async def call_ping(self, node):
+            self.pinged.append(node.id)
+            return (True, node.id)
+
+        def last_seen(self, node_id):
+            return self.seen
+
+    own = Node((2**160 - 1).to_bytes(20, "big"))
+    head, second, newcomer = (Node(i.to_bytes(20, "big"), "127.0.0.1", 4000 + n)
+                              for n, i in enumerate([1, 2**154, 2**153]))  # one bucket, 5 shared bits: no split
+
+    async def offer(seen):
+        recorder = Recorder(seen)
+        table = AetherRoutingTable(recorder, 2, own)
+        for node in (head, second, newcomer):
+            table.add_contact(node)
+        await asyncio.sleep(0)  # the ping, if any, runs
+        bucket = table.buckets[table.get_bucket_for(newcomer)]
+        assert bucket.head().id == head.id and newcomer.id in bucket.replacement_nodes
+        return recorder.pinged
+
+    now = _time.time()
+    assert asyncio.run(offer(now - 10)) == []
+    assert asyncio.run(offer(now - GOOD_FOR - 1)) == [head.id]
+    assert asyncio.run(offer(None)) == [head.id]  # never heard from
+    assert asyncio.run(offer(now + 3600)) == [head.id]  # the clock was set back: not taken as fresh
