@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import random
 import resource
@@ -101,10 +102,13 @@ from aether.node.team_unlock import (
     read_answer,
 )
 from aether.node.teams import (
+    APPROVAL_KIND,
     DESCRIPTOR_KIND,
     INBOX_KIND,
+    Approval,
     Descriptor,
     TeamError,
+    approval_of,
     descriptor_name,
     descriptor_of,
     inbox_name,
@@ -415,6 +419,8 @@ def _teams_case(case: tuple[str, Any]) -> None:
     elif what == "inbox":
         share_of(value)
         parse_inbox_name(value.name)
+    elif what == "approval":
+        approval_of(value)
     elif what == "sealed":
         open_sealed(s.identity, value, purpose="share", team_id=s.team_id, epoch=0)
     elif what == "shares":
@@ -429,9 +435,12 @@ def teams_cases() -> st.SearchStrategy:
     s = samples()
     inbox_names = st.sampled_from([r.name for r in s.records if r.kind == INBOX_KIND]).flatmap(
         lambda n: mutated([n]) | st.just(n))
+    approval = Approval(s.team_id, 1, hashlib.sha256(b"a proposed epoch").digest(), s.identity.public.signing_public)
+    approval_names = st.just(approval.name()).flatmap(lambda n: mutated([n]) | st.just(n))
     return st.one_of(
         st.tuples(st.just("descriptor"), records_with(
             DESCRIPTOR_KIND, st.sampled_from([r.name for r in s.records]), garbage(s.payloads(DESCRIPTOR_KIND)))),
+        st.tuples(st.just("approval"), records_with(APPROVAL_KIND, approval_names, garbage([approval.encode()]))),
         st.tuples(st.just("inbox"), records_with(INBOX_KIND, inbox_names, garbage([s.sealed]))),
         st.tuples(st.just("sealed"), garbage([s.sealed])),
         st.tuples(st.just("shares"), st.lists(garbage(list(s.shares)) | st.sampled_from(s.shares), max_size=5)),
@@ -822,7 +831,7 @@ TARGETS: dict[str, Target] = {
                lambda: records_with(CONTACT_KIND, st.just(CONTACT_NAME), garbage(samples().payloads(CONTACT_KIND))),
                pure(_contact_case, ContactError), "node/contact.py contact_of"),
         Target("teams", teams_cases, pure(_teams_case, TeamError, TeamCryptoError),
-               "node/teams.py descriptors and share deliveries, crypto/teams.py sealed shares and Shamir shares, "
+               "node/teams.py descriptors, approvals and share deliveries, crypto/teams.py sealed shares and Shamir shares, "
                "node/team_unlock.py share requests and answers"),
         Target("answers", lambda: garbage(samples().encoded(ANSWER_KIND)), pure(_answer_case, UnlockError),
                "node/team_unlock.py read_answer"),
