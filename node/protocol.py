@@ -112,6 +112,14 @@ class FindReply:
     contacts: list[Node] = field(default_factory=list)
 
 
+def _remember(times: OrderedDict[bytes, float], node_id: bytes) -> None:
+    """Note ``node_id`` at the current wall-clock time, keeping at most MAX_REMEMBERED_SEEN, oldest forgotten first."""
+    times.pop(node_id, None)
+    times[node_id] = time.time()
+    while len(times) > MAX_REMEMBERED_SEEN:
+        times.popitem(last=False)
+
+
 class AetherProtocol(KademliaProtocol):
     def __init__(self, owner: AetherNode):
         super().__init__(owner.node, owner.store, owner.ksize)
@@ -130,6 +138,8 @@ class AetherProtocol(KademliaProtocol):
         self._failures: dict[bytes, tuple[int, float]] = {}
         """Per contact: unanswered requests in a row, and when the last was counted (loop clock)."""
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
+        self._last_named: OrderedDict[bytes, float] = OrderedDict()
+        """Per contact: when its endpoint last named its ID itself (a request, or a PING reply)."""
         self._timed_out: OrderedDict[bytes, tuple[tuple[str, int], float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._graced: set[bytes] = set()
@@ -348,6 +358,8 @@ class AetherProtocol(KademliaProtocol):
         if result[0] and result[1] != node_to_ask.id:
             self.stats["ping_from_other_id"] += 1
             result = (False, None)
+        if result[0]:
+            _remember(self._last_named, node_to_ask.id)
         return self.handle_call_response(result, node_to_ask)
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
@@ -419,10 +431,18 @@ class AetherProtocol(KademliaProtocol):
         self._seen(node)
 
     def _seen(self, node: Node) -> None:
-        self._last_seen.pop(node.id, None)
-        self._last_seen[node.id] = time.time()
-        while len(self._last_seen) > MAX_REMEMBERED_SEEN:
-            self._last_seen.popitem(last=False)
+        _remember(self._last_seen, node.id)
+
+    def last_named(self, node_id: bytes) -> float | None:
+        """When the contact's endpoint last sent its ID itself, as a Unix time; None if never.
+
+        FIND_NODE, FIND_VALUE and STORE replies name nobody: an endpoint that now
+        answers under another ID (a restart with a new one) would keep the old ID
+        looking alive. Only a request it sent, or a PING reply naming the ID,
+        counts here; the routing table spares a full bucket's head its ping on this
+        time alone (node/routing.py).
+        """
+        return self._last_named.get(node_id)
 
     def last_seen(self, node_id: bytes) -> float | None:
         """When a contact last spoke to us (a request or a reply), as a Unix time; None if unknown.
@@ -444,6 +464,7 @@ class AetherProtocol(KademliaProtocol):
         if not is_node_id(nodeid):
             return None
         source = Node(nodeid, sender[0], sender[1])
+        _remember(self._last_named, nodeid)
         self.welcome_if_new(source)
         return source
 

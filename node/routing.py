@@ -108,16 +108,19 @@ class AetherRoutingTable(RoutingTable):
             asyncio.ensure_future(self.protocol.call_ping(bucket.head()))
 
     def _heard_lately(self, contact: Node) -> bool:
-        """Whether ``contact`` spoke to us within ``GOOD_FOR``: then it is alive, and a ping would tell nothing.
+        """Whether ``contact`` named itself to us within ``GOOD_FOR``: then it is alive, and a ping would tell nothing.
 
         Kademlia pings a full bucket's least recently seen contact for every new
         contact that would join it. In a busy network that is a ping for most
         requests a node receives from a stranger (a publish to 20 strangers costs
         20 of them); BEP 5 counts a node heard from within 15 minutes as good and
-        does not ask it. A wall clock set back makes the time look negative: not
+        does not ask it. Only traffic that names the ID counts (a request from the
+        contact, a PING reply): a FIND or STORE reply names nobody, and an endpoint
+        now answering under another ID must still get the ping that notices it.
+        A wall clock set back makes the time look negative: not
         fresh, so the head is pinged as before.
         """
-        seen = self.protocol.last_seen(contact.id)
+        seen = self.protocol.last_named(contact.id)
         return seen is not None and 0 <= time.time() - seen < GOOD_FOR
 
     def _diverse_with(self, node: Node, bucket: KBucket) -> bool:

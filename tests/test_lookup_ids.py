@@ -177,3 +177,22 @@ async def test_a_network_all_in_one_subnet_still_finds_more_than_its_share(tmp_p
         assert len(result.closest) > config.contacts_per_subnet_bucket
     finally:
         stop_all(nodes)
+
+
+async def test_only_traffic_naming_the_id_spares_a_full_buckets_head_its_ping(tmp_path):
+    """A FIND reply from an endpoint does not vouch for the ID we hold for it; a request or a PING reply does."""
+    a = await start_node(tmp_path / "a", QUIET)
+    b = await start_node(tmp_path / "b", QUIET)
+    try:
+        claimed = Node(os.urandom(20), *address_of(b))  # b's endpoint under an ID that is not b's
+        ok, _ = await a.protocol.call_find_node(claimed, Node(os.urandom(20)))
+        assert ok  # b answered: the reply names nobody
+        assert not a.protocol.router._heard_lately(claimed)  # so the head would still be pinged
+        real = Node(b.node.id, *address_of(b))
+        ok, _ = await a.protocol.call_ping(real)
+        assert ok and a.protocol.router._heard_lately(real)
+        ok, _ = await b.protocol.call_ping(Node(a.node.id, *address_of(a)))  # a request naming b, received by a
+        assert ok and a.protocol.last_named(b.node.id) is not None
+        assert a.protocol.last_named(claimed.id) is None
+    finally:
+        stop_all([a, b])

@@ -19,7 +19,7 @@ class _NoPings:
     async def call_ping(self, node):
         return (True, node.id)
 
-    def last_seen(self, node_id):
+    def last_named(self, node_id):
         return None
 
 
@@ -124,7 +124,7 @@ def test_a_full_bucket_pings_its_head_only_when_the_head_has_not_spoken_lately()
             self.pinged.append(node.id)
             return (True, node.id)
 
-        def last_seen(self, node_id):
+        def last_named(self, node_id):
             return self.seen
 
     own = Node((2**160 - 1).to_bytes(20, "big"))
