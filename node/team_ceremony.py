@@ -740,7 +740,9 @@ def _drop_lost_approvals(node: AetherNode, chain: list[Link]) -> None:
             epoch = int(held.name[len(prefix):].split(b"/")[0])
         except ValueError:
             continue
-        if epoch <= newest.epoch:
+        # Only the epochs this chain judged: one that starts at the held epoch (older
+        # records not found) says nothing of the approvals that made earlier ones.
+        if chain[0].descriptor.epoch < epoch <= newest.epoch:
             node.store.delete_entry(held.key, held.author, held.name)
 
 

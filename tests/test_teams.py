@@ -557,3 +557,37 @@ async def test_the_inbox_remembers_at_most_max_remembered_judged_deliveries(tmp_
         assert list(inbox._judged) == judged[-3:]
     finally:
         stop_all([node])
+
+
+async def test_a_chain_read_from_the_held_epoch_keeps_the_approvals_of_earlier_epochs(tmp_path):
+    """When the DHT no longer returns the old epochs, the node's own approvals of them must stay: readers from epoch 0 need them."""
+    from aether.node.team_ceremony import _drop_lost_approvals
+
+    alice, bob, carol = identities(3)
+    members = [alice.public, bob.public, carol.public]
+    d0 = epoch0(alice, members, k=2)
+    k1, k2 = os.urandom(32), os.urandom(32)
+    d1 = Descriptor(d0.team_id, d0.name, d0.salt, 1, 1, tuple(members), commitment(k1, d0.team_id, 1), d0.digest(),
+                    chain_previous(k1, d0.team_id, 0, bytes(32)))
+    d2 = Descriptor(d0.team_id, d0.name, d0.salt, 2, 1, tuple(members), commitment(k2, d0.team_id, 2), d1.digest(),
+                    chain_previous(k2, d0.team_id, 1, k1))
+    r0, r1, r2 = signed(alice, d0), signed(alice, d1), signed(alice, d2)
+    bobs = approval(bob, r1)  # makes epoch 1 valid (K of epoch 0 is 2)
+    assert [link.descriptor.epoch for link in follow_chain([r0, r1, r2, bobs], d0.team_id)] == [0, 1, 2]
+    bob.save(tmp_path / "bob")
+    node = await start_node(tmp_path / "bob", QUIET)
+    try:
+        node.store.put_entry(team_key(d0.team_id), bobs.author, bobs.name, bobs.encode(), seq=bobs.seq,
+                             expires=bobs.expires, role="own")
+        _drop_lost_approvals(node, follow_chain([r2], d0.team_id, start=r2))  # epochs 0 and 1 not found
+        assert node.store.entry(team_key(d0.team_id), bobs.author, bobs.name) is not None
+        # A chain from epoch 0 whose epoch 1 is another proposal does judge Bob's: it lost, and is dropped.
+        other = dataclasses.replace(d1, commitment=commitment(k2, d0.team_id, 1),
+                                    sealed_previous=chain_previous(k2, d0.team_id, 0, bytes(32)))
+        r1_other = signed(alice, other)
+        won = follow_chain([r0, r1_other, approval(carol, r1_other)], d0.team_id)
+        assert [link.descriptor for link in won] == [d0, other]
+        _drop_lost_approvals(node, won)
+        assert node.store.entry(team_key(d0.team_id), bobs.author, bobs.name) is None
+    finally:
+        stop_all([node])
