@@ -31,7 +31,7 @@ from aether.node.team_ceremony import (
 )
 from aether.node.team_keys import lock
 from aether.node.team_unlock import Answerer, MemberResult, Pending, unlock
-from aether.node.teams import Approval, Descriptor, Proposal, descriptor_of, team_key
+from aether.node.teams import Approval, Descriptor, Link, Proposal, descriptor_of, team_key
 from aether.storage.store import TEAM_POLICIES, Store, TeamRow
 
 if TYPE_CHECKING:
@@ -151,8 +151,7 @@ async def _change(library: PatternLibrary, args: dict, *, adding: bool) -> dict[
         "added": [m.node_id.hex() for m in changes.get("add", [])],
         "removed": [m.node_id.hex() for m in changes.get("remove", [])],
         "won": changed.won, "pending": changed.pending, "approvals": changed.signers, "needed": changed.needed,
-        "proposal": Approval(changed.made.descriptor.team_id, changed.made.descriptor.epoch,
-                             changed.made.descriptor.digest(), changed.made.record.author).proposal().hex(),
+        "proposal": Approval.of(Link(changed.made.descriptor, changed.made.record)).proposal().hex(),
         "winner": None if winner is None else {
             "epoch": winner.epoch, "k": winner.k, "n": winner.n, "digest": winner.digest().hex(),
             "members": [m.node_id.hex() for m in winner.members]},
