@@ -38,9 +38,10 @@ lookup pays for d paths.
 Nobody has to prove a node ID to route (a stock node cannot), so a peer may
 answer with any number of invented IDs next to the key, all at its own
 address, and they would all "answer" when asked. In a lookup one endpoint
-(address and port) therefore stands for one ID: the first the lookup meets for
-it, our own ID for our own address; a contact naming a taken endpoint under
-another ID is dropped and counted in :attr:`LookupResult.same_address`. And no
+(address and port) therefore stands for one ID at a time: of two claims, the
+ID closer to the key while the endpoint has not been asked, else the first (our
+own ID for the address we listen on); the other claim is dropped and counted in
+:attr:`LookupResult.same_address`. And no
 more of the k closest candidates share a subnet than the routing table lets
 share a bucket (``contacts_per_subnet_bucket``, with loopback exempt unless
 ``restrict_loopback``: :mod:`aether.node.addresses`) while there are others to
@@ -200,14 +201,34 @@ class Lookup:
         entry = self.entries.get(node.id)
         if entry is None:
             endpoint = endpoint_of(node.ip, node.port)
-            if self.endpoints.setdefault(endpoint, node.id) != node.id:
-                self.result.same_address += 1  # one endpoint, one ID: a second is invented
-                return
+            holder = self.endpoints.setdefault(endpoint, node.id)
+            if holder != node.id:
+                self.result.same_address += 1  # one endpoint, one ID: one of the two claims is dropped
+                if not self._displaces(holder, node, endpoint):
+                    return
             subnet = subnet_of(endpoint[0], self.restrict_loopback)
             self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth, subnet)
         elif depth < entry.depth and entry.state == _NEW:
             entry.depth = depth
         path.known.add(node.id)
+
+    def _displaces(self, holder: bytes, node: Node, endpoint: tuple[str, int]) -> bool:
+        """Whether ``node`` takes ``endpoint`` from the ID that claimed it first: only a closer ID, before anyone asked.
+
+        Any peer can name someone else's endpoint under an ID far from the key;
+        if the first claim always stood, that would push an honest node near the
+        key out of the lookup when its real ID came later. The closer claim wins
+        instead, so a far one hides nobody, while one endpoint still stands for one
+        ID at a time. Once asked, the endpoint keeps the ID it was asked as.
+        """
+        held = self.entries.get(holder)
+        if held is None or held.state != _NEW or node.long_id ^ self.target_long >= held.distance:
+            return False
+        del self.entries[holder]
+        for path in self.paths:
+            path.known.discard(holder)
+        self.endpoints[endpoint] = node.id
+        return True
 
     def _live(self, path: _Path | None = None) -> list[_Entry]:
         """Peers that may still answer in time (neither failed nor stalled), nearest first.

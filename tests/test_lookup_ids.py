@@ -196,3 +196,27 @@ async def test_only_traffic_naming_the_id_spares_a_full_buckets_head_its_ping(tm
         assert a.protocol.last_named(claimed.id) is None
     finally:
         stop_all([a, b])
+
+
+async def test_a_far_id_claimed_at_an_honest_endpoint_does_not_push_out_its_real_id(tmp_path):
+    """Of two IDs named for one endpoint, the closer to the key stands while the endpoint is unasked; one endpoint, one ID."""
+    from aether.node.lookup import Lookup
+
+    asker = await start_node(tmp_path / "asker", CONFIG)
+    try:
+        key = bytes(20)
+        liar = Node(b"\x00" * 19 + b"\x10", "127.0.0.9", 4000)
+        lookup = Lookup(asker.protocol, key, [liar], k=4, alpha=1, want_value=True)
+        path = lookup.paths[0]
+        endpoint = ("127.0.0.7", 4000)
+        far = Node(b"\xfe" + b"\x00" * 19, *endpoint)  # a liar's reply names the holder's endpoint, far from the key
+        lookup._add(far, 2, path)
+        holder = Node(b"\x00" * 19 + b"\x01", *endpoint)  # an honest reply names its real ID, next to the key
+        lookup._add(holder, 3, path)
+        assert holder.id in lookup.entries and far.id not in lookup.entries
+        assert far.id not in path.known and lookup.result.same_address == 1
+        lookup._add(far, 2, path)  # claimed again: the closer ID keeps the endpoint
+        assert far.id not in lookup.entries and lookup.result.same_address == 2
+        assert [e.node.id for e in lookup._live(path)] == [holder.id, liar.id]
+    finally:
+        stop_all([asker])
