@@ -221,7 +221,7 @@ class AetherNode(Server):
         self._started: float | None = None
         self._jobs: list[asyncio.Task] = []
         self._newcomers: dict[bytes, Node] = {}
-        self._saved_contacts: list[tuple[bytes, str, int]] = []
+        self._saved_contacts: set[tuple[bytes, str, int]] = set()
         self._used, self._used_read_at = store.used_bytes(), time.monotonic()
         self.light = False
         """A light client looks up, fetches and publishes, but holds no replicas and hands none off."""
@@ -321,11 +321,16 @@ class AetherNode(Server):
         return await self.bootstrap([(host, port) for _, host, port in saved])
 
     def save_contacts(self) -> None:
-        """Write the routing table to the store, unless it is what was written last time."""
+        """Write the routing table to the store, unless the same contacts were written last time.
+
+        Compared as a set: every contact heard from moves within its bucket, so
+        the table's order changes all the time while its members rarely do, and a
+        rewrite of every row each minute is flash wear on a phone for nothing.
+        """
         contacts = [(n.id, n.ip, n.port) for n in self.protocol.contacts()] if self.protocol else []
-        if contacts and contacts != self._saved_contacts:
+        if contacts and set(contacts) != self._saved_contacts:
             self.store.save_contacts(contacts)
-            self._saved_contacts = contacts
+            self._saved_contacts = set(contacts)
 
     # ------------------------------------------------------------- lookups
     async def lookup(

@@ -283,3 +283,27 @@ def test_contacts_surely_closer_than_a_newcomer_are_never_overcounted():
         distance = place ^ newcomer
         assert counted <= sum(c ^ place < distance for c in contacts)
         assert counted == (sum(c ^ place < 1 << (distance.bit_length() - 1) for c in contacts) if distance else 0)
+
+
+async def test_contacts_are_rewritten_only_when_the_table_holds_other_contacts(tmp_path):
+    """Contacts moving within their buckets (each one heard from does) change nothing on disk; a new one does."""
+    async with local_network(tmp_path / "net", 5, QUIET, seed=4) as nodes:
+        node = nodes[0]
+        node.save_contacts()
+        written = {row[0]: row[3] for row in node.store._db().execute("SELECT node_id, host, port, last_seen FROM contacts")}
+        assert len(written) == len(node.protocol.contacts()) >= 2
+        first = node.protocol.contacts()[0]
+        ok, _ = await node.protocol.call_ping(first)  # heard from: moves to its bucket's tail
+        assert ok
+        time.sleep(0.01)
+        node.save_contacts()
+        again = {row[0]: row[3] for row in node.store._db().execute("SELECT node_id, host, port, last_seen FROM contacts")}
+        assert again == written  # not rewritten: same last_seen on every row
+        newcomer = await start_node(tmp_path / "newcomer", QUIET)
+        try:
+            await newcomer.bootstrap([address_of(node)])
+            assert newcomer.node.id in {c.id for c in node.protocol.contacts()}
+            node.save_contacts()
+            assert newcomer.node.id in {bytes(r[0]) for r in node.store._db().execute("SELECT node_id FROM contacts")}
+        finally:
+            stop_all([newcomer])
