@@ -56,18 +56,14 @@ from typing import Any
 from kademlia.network import Server
 from kademlia.node import Node
 
-from aether.node.config import NodeConfig
 from aether.simulations.bench_dht import machine, source_revision
-from aether.simulations.network import start_node
+from aether.simulations.network import QUIET, start_node
 from aether.storage.store import BLOCK
 
 NETWORK = 100_000
 """Node IDs in the modelled network around the measured node."""
 K = 20
 VALUE_BYTES = 1024
-QUIET = NodeConfig(refresh_interval=3600, republish_interval=3600, replicate_interval=3600,
-                   expire_interval=3600, contacts_save_interval=3600)
-"""Maintenance jobs out of the way of the measurement."""
 
 
 def neighbourhood(seed: int, held: int, newcomers: int) -> dict[str, Any]:

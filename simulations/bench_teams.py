@@ -50,7 +50,6 @@ from aether.crypto.teams import (
     seal,
     split_key,
 )
-from aether.node.config import NodeConfig
 from aether.simulations.stats import percentiles
 
 PATTERN_BYTES = 1024 * 1024
@@ -129,10 +128,9 @@ async def _unlocks(runs: int, n: int, k: int) -> list[float]:
     from aether.node.team_inbox import Inbox
     from aether.node.team_keys import lock
     from aether.node.team_unlock import unlock
-    from aether.simulations.network import address_of, local_network
+    from aether.simulations.network import QUIET, address_of, local_network
 
-    quiet = NodeConfig(refresh_interval=3600, republish_interval=3600, replicate_interval=3600,
-                       expire_interval=3600, contacts_save_interval=3600, ksize=8)
+    quiet = QUIET.replace(ksize=8)
     with tempfile.TemporaryDirectory() as tmp:
         async with local_network(Path(tmp), max(n, 8), quiet) as nodes:
             for node in nodes:

@@ -116,15 +116,10 @@ from aether.node.teams import (
     share_of,
 )
 from aether.node.values import ValueRejected, block_key, check_found, check_value, encode_bundle
-from aether.simulations.network import address_of, start_node, stop_all
+from aether.simulations.network import QUIET, address_of, start_node, stop_all
 from aether.simulations.scenario import ScenarioError, parse as parse_scenario
 
 HERE = Path(__file__).parent
-QUIET = NodeConfig(
-    refresh_interval=3600, republish_interval=3600, replicate_interval=3600, expire_interval=3600,
-    contacts_save_interval=3600,
-)
-"""Maintenance far apart, so that only the fuzzer's datagrams drive the node."""
 PATIENT = QUIET.replace(rpc_timeout_min=10.0, rpc_timeout_initial=10.0, rpc_timeout_max=10.0)
 """For the node that asks a hostile peer: the peer always answers, so only a stall of this busy machine
 could time a request out, and that would be no finding."""

@@ -20,6 +20,11 @@ from aether.node.server import AetherNode
 from aether.storage.store import Store
 
 LOOPBACK = "127.0.0.1"
+QUIET = NodeConfig(
+    refresh_interval=3600, republish_interval=3600, replicate_interval=3600, expire_interval=3600,
+    contacts_save_interval=3600,
+)
+"""Maintenance an hour apart: a measurement or a fuzzer, not the node's own jobs, drives the traffic."""
 
 
 async def start_node(
