@@ -98,6 +98,15 @@ class _Closer:
         low = (place >> differ) << differ
         return bisect.bisect_right(self._ids, low + (1 << differ) - 1) - bisect.bisect_left(self._ids, low)
 
+    def reaches(self, low: int, node: int, ksize: int) -> bool:
+        """Whether ``node`` may be among the ``ksize`` closest to some key of the open range starting at ``low``.
+
+        Open ranges are whole subtrees. From outside one, ``node`` first differs
+        from all of its keys at the same bit, so the contacts surely closer than
+        it are the same for every key there; inside one, no contact is.
+        """
+        return self.surely_closer(low, node) < ksize
+
     def open_ranges(self) -> list[tuple[bytes, bytes]]:
         """Inclusive key ranges holding every key no contact is known to be closer to (our own ID included)."""
         own, spans = self._own, []
@@ -112,6 +121,49 @@ class _Closer:
         base = (own >> depth) << depth
         merged = [(base, base + (1 << depth) - 1), *spans[depth:]]
         return [(low.to_bytes(KEY_LEN, "big"), high.to_bytes(KEY_LEN, "big")) for low, high in merged]
+
+
+def _hand_off_ranges(
+    own: int, others: list[int], newcomers: list[int], ksize: int
+) -> tuple[_Closer, list[tuple[bytes, bytes]]]:
+    """The contacts other than the newcomers, and the key ranges a hand-off to the newcomers must read.
+
+    Of the ranges no other contact is closer to (:meth:`_Closer.open_ranges`),
+    only those where some newcomer may be among the ``ksize`` closest. Whether
+    there is any is told first from how many contacts share each prefix length
+    with us, without sorting or range tests: for most newcomers, which are far
+    from us, there is none, and a hand-off pass then costs one walk over the
+    contacts.
+    """
+    closer = _Closer((), own)
+    if not _may_take_over(own, others, newcomers, ksize):
+        return closer, []
+    closer = _Closer(others, own)
+    reached = [
+        (low, high) for low, high in closer.open_ranges()
+        if any(closer.reaches(int.from_bytes(low, "big"), n, ksize) for n in newcomers)
+    ]
+    return closer, reached
+
+
+def _may_take_over(own: int, others: list[int], newcomers: list[int], ksize: int) -> bool:
+    """Whether a newcomer may be among the ``ksize`` closest to a key no other contact is closer to than we are.
+
+    Such a key first differs from our ID at a bit ``s`` where no contact's ID
+    first differs from ours, or nowhere (our own ID). For a newcomer first
+    differing from us at bit ``d``, the contacts surely closer to the key
+    (:meth:`_Closer.surely_closer`) are none when ``s >= d``, and exactly those
+    first differing from us below ``d`` when ``s < d``.
+    """
+    differing = [0] * ID_BITS
+    for contact in others:
+        if contact != own:
+            differing[(contact ^ own).bit_length() - 1] += 1
+    for newcomer in newcomers:
+        d = (newcomer ^ own).bit_length() - 1
+        if d < 0 or sum(differing[:d]) < ksize or 0 in differing[d:]:
+            return True
+    return False
 
 
 class QuotaExceeded(Exception):
@@ -703,14 +755,17 @@ class AetherNode(Server):
         """Which held values and entries go to which newcomers: one decision per place, not per item.
 
         Only places no other contact is known to be closer to are read
-        (:class:`_Closer`); for the others, that closer contact hands them over.
-        A pattern's manifest and blocks share a place, so they share the decision.
+        (:class:`_Closer`), and of those only the ranges some newcomer can reach
+        among the k closest: a newcomer far from us, as most are, costs no read
+        at all. For the other places, that closer contact hands them over. A
+        pattern's manifest and blocks share a place, so they share the decision.
         """
         ids = {n.id for n in newcomers}
-        closer = _Closer([c.long_id for c in self.protocol.contacts() if c.id not in ids], self.node.long_id)
+        others = [c.long_id for bucket in self.protocol.router.buckets for c in bucket.nodes.values() if c.id not in ids]
+        closer, reached = _hand_off_ranges(self.node.long_id, others, [n.long_id for n in newcomers], self.ksize)
         decided: dict[bytes, list[Node]] = {}
         plan: list[tuple[Node, Placement]] = []
-        for i, held in enumerate(self.store.placements(closer.open_ranges())):
+        for i, held in enumerate(self.store.placements(reached)):
             targets = decided.get(held.place)
             if targets is None:
                 # A newcomer with k contacts surely closer to the place is not among its k closest.

@@ -13,7 +13,7 @@ from kademlia.node import Node
 
 from aether.crypto.identity import Identity
 from aether.crypto.records import create_record
-from aether.node.server import AetherNode, _Closer
+from aether.node.server import AetherNode, _Closer, _hand_off_ranges, _may_take_over
 from aether.node.values import block_key
 from aether.storage.store import BLOCK
 from aether.simulations.network import address_of, join_all, local_network, start_node, stop_all
@@ -283,6 +283,56 @@ def test_contacts_surely_closer_than_a_newcomer_are_never_overcounted():
         distance = place ^ newcomer
         assert counted <= sum(c ^ place < distance for c in contacts)
         assert counted == (sum(c ^ place < 1 << (distance.bit_length() - 1) for c in contacts) if distance else 0)
+
+
+def test_a_hand_off_reads_every_range_where_a_newcomer_can_be_among_the_k_closest():
+    """The ranges left unread must hold no key that the exact test would hand to a newcomer."""
+    rng = random.Random(13)
+    ksize, skipped, handed = 4, 0, 0
+    for case in range(1500):
+        own = rng.getrandbits(160)
+        contacts = _table_like(rng, own) if case % 2 else [own ^ rng.getrandbits(rng.randint(1, 160)) for _ in range(rng.randint(0, 50))]
+        # Newcomers at random in the ID space (most are far from us), or anywhere near us.
+        newcomers = [rng.getrandbits(160) if case % 2 else own ^ rng.getrandbits(rng.randint(1, 160))
+                     for _ in range(rng.randint(1, 4))]
+        _, reached = _hand_off_ranges(own, contacts, newcomers, ksize)
+        fresh = _Closer(contacts, own).open_ranges()
+        assert set(reached) <= set(fresh)
+        skipped += not reached
+        reached_ints = [(int.from_bytes(lo, "big"), int.from_bytes(hi, "big")) for lo, hi in reached]
+        for _ in range(20):
+            near = rng.choice(newcomers + [own])
+            key = near ^ rng.getrandbits(rng.randint(0, 160))
+            if not any(int.from_bytes(lo, "big") <= key <= int.from_bytes(hi, "big") for lo, hi in fresh):
+                continue  # a closer contact hands this key over, not us
+            kth = sorted(c ^ key for c in contacts)[ksize - 1] if len(contacts) >= ksize else None
+            if any(kth is None or n ^ key < kth for n in newcomers):
+                handed += 1
+                assert any(lo <= key <= hi for lo, hi in reached_ints), (own, contacts, newcomers, key)
+    assert skipped > 300 and handed > 300, (skipped, handed)
+
+
+def _table_like(rng: random.Random, own: int) -> list[int]:
+    """Contacts as a routing table in a network holds them: a few for each of the highest bits where IDs first differ from ours."""
+    return [own ^ (1 << bit) ^ rng.getrandbits(bit) for bit in range(159, 159 - rng.randint(1, 14), -1)
+            for _ in range(rng.randint(1, 6))]
+
+
+def test_the_quick_test_before_a_hand_off_agrees_with_the_exact_ranges():
+    """It may only skip a pass that would read nothing: then it answers as the range tests do."""
+    rng = random.Random(14)
+    outcomes = set()
+    for case in range(3000):
+        own = rng.getrandbits(160)
+        contacts = _table_like(rng, own) if case % 2 else [own ^ rng.getrandbits(rng.randint(1, 160)) for _ in range(rng.randint(0, 60))]
+        newcomers = [rng.getrandbits(160) if case % 2 else own ^ rng.getrandbits(rng.randint(1, 160))
+                     for _ in range(rng.randint(1, 3))]
+        ksize = rng.randint(1, 8)
+        closer = _Closer(contacts, own)
+        exact = any(closer.reaches(int.from_bytes(lo, "big"), n, ksize) for lo, _ in closer.open_ranges() for n in newcomers)
+        assert _may_take_over(own, contacts, newcomers, ksize) == exact, (own, contacts, newcomers, ksize)
+        outcomes.add(exact)
+    assert outcomes == {True, False}
 
 
 async def test_contacts_are_rewritten_only_when_the_table_holds_other_contacts(tmp_path):
