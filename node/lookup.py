@@ -52,8 +52,9 @@ costs a message.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -126,6 +127,10 @@ class _Entry:
     """The path that asked this peer (-1: none yet); no other path may ask it."""
 
 
+def _distance(entry: _Entry) -> int:
+    return entry.distance
+
+
 class _Path:
     """One path's share of a lookup: the peers it has heard of, its requests out, and whether it has ended."""
 
@@ -179,6 +184,8 @@ class Lookup:
         self.first_entries = first_entries
         self._entries: dict[tuple[bytes, bytes], Entry] = {}
         self.entries: dict[bytes, _Entry] = {}
+        self._nearest: list[_Entry] = []
+        """Every entry, nearest to the target first."""
         self.own_id = protocol.source_node.id
         router = protocol.router
         self.per_subnet: int = router.per_bucket
@@ -207,7 +214,8 @@ class Lookup:
                 if not self._displaces(holder, node, endpoint):
                     return
             subnet = subnet_of(endpoint[0], self.restrict_loopback)
-            self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth, subnet)
+            entry = self.entries[node.id] = _Entry(node, node.long_id ^ self.target_long, depth, subnet)
+            bisect.insort(self._nearest, entry, key=_distance)
         elif depth < entry.depth and entry.state == _NEW:
             entry.depth = depth
         path.known.add(node.id)
@@ -225,6 +233,7 @@ class Lookup:
         if held is None or held.state != _NEW or node.long_id ^ self.target_long >= held.distance:
             return False
         del self.entries[holder]
+        self._nearest.remove(held)
         for path in self.paths:
             path.known.discard(holder)
         self.endpoints[endpoint] = node.id
@@ -235,15 +244,21 @@ class Lookup:
 
         For a path: those it has heard of and that no other path has asked.
         """
-        candidates = self.entries.values() if path is None else self._reachable(path)
-        live = [e for e in candidates if e.state != _FAILED and e.state != _STALLED]
-        live.sort(key=lambda e: e.distance)
-        return live
+        return list(self._live_nearest(path))
+
+    def _live_nearest(self, path: _Path | None) -> Iterator[_Entry]:
+        # Read from the list kept in order: a reply asks only for the k nearest,
+        # which lie at its front, not for a sort of the hundreds of peers met.
+        for entry in self._nearest:
+            if entry.state == _FAILED or entry.state == _STALLED:
+                continue
+            if path is None or (entry.path in (-1, path.number) and entry.node.id in path.known):
+                yield entry
 
     def _closest_live(self, path: _Path | None = None) -> list[_Entry]:
-        return self._capped(self._live(path), self.k)
+        return self._capped(self._live_nearest(path), self.k)
 
-    def _capped(self, entries: list[_Entry], limit: int | None = None) -> list[_Entry]:
+    def _capped(self, entries: Iterable[_Entry], limit: int | None = None) -> list[_Entry]:
         """``entries`` (nearest first) with those past ``per_subnet`` of their subnet moved behind all others.
 
         A subnet's further peers are asked, and count among the k closest, only
