@@ -38,8 +38,14 @@ def endpoint_of(host: str, port: int) -> tuple[str, int]:
     A lookup keeps one node ID per endpoint; a peer must not pass one socket off
     as several by writing its address several ways.
     """
+    return _canonical(host), int(port)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical(host: str) -> str:
+    """The one spelling of a host's address (printing an address is dear, and a lookup asks it of every contact)."""
     parsed = _parse(host)
-    return (host if parsed is None else str(parsed)), int(port)
+    return host if parsed is None else str(parsed)
 
 
 def source_of(address: tuple, restrict_loopback: bool = False) -> Source:
