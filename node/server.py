@@ -761,7 +761,7 @@ class AetherNode(Server):
         pattern's manifest and blocks share a place, so they share the decision.
         """
         ids = {n.id for n in newcomers}
-        others = [c.long_id for bucket in self.protocol.router.buckets for c in bucket.nodes.values() if c.id not in ids]
+        others = [c.long_id for c in self.protocol.contacts() if c.id not in ids]
         closer, reached = _hand_off_ranges(self.node.long_id, others, [n.long_id for n in newcomers], self.ksize)
         decided: dict[bytes, list[Node]] = {}
         plan: list[tuple[Node, Placement]] = []
