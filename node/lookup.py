@@ -239,16 +239,13 @@ class Lookup:
         self.endpoints[endpoint] = node.id
         return True
 
-    def _live(self, path: _Path | None = None) -> list[_Entry]:
+    def _live(self, path: _Path | None = None) -> Iterator[_Entry]:
         """Peers that may still answer in time (neither failed nor stalled), nearest first.
 
         For a path: those it has heard of and that no other path has asked.
+        Read from the list kept in order: a reply asks only for the k nearest,
+        which lie at its front, not for a sort of the hundreds of peers met.
         """
-        return list(self._live_nearest(path))
-
-    def _live_nearest(self, path: _Path | None) -> Iterator[_Entry]:
-        # Read from the list kept in order: a reply asks only for the k nearest,
-        # which lie at its front, not for a sort of the hundreds of peers met.
         for entry in self._nearest:
             if entry.state == _FAILED or entry.state == _STALLED:
                 continue
@@ -256,7 +253,7 @@ class Lookup:
                 yield entry
 
     def _closest_live(self, path: _Path | None = None) -> list[_Entry]:
-        return self._capped(self._live_nearest(path), self.k)
+        return self._capped(self._live(path), self.k)
 
     def _capped(self, entries: Iterable[_Entry], limit: int | None = None) -> list[_Entry]:
         """``entries`` (nearest first) with those past ``per_subnet`` of their subnet moved behind all others.
@@ -448,8 +445,7 @@ class Lookup:
         self.result.entries = newest_first(self._entries.values())
         by_distance = functools.partial(sorted, key=lambda e: e.distance)
         # The cap chooses which k; callers get them nearest first (replica_targets reads bands from the order).
-        answered = by_distance(self._capped(by_distance(e for e in self.entries.values() if e.state == _ANSWERED),
-                                            self.k))
+        answered = by_distance(self._capped((e for e in self._nearest if e.state == _ANSWERED), self.k))
         self.result.closest = [e.node for e in answered]
         self.result.candidates = [e.node for e in by_distance(self._closest_live())]
         closest = {n.id for n in self.result.closest}
