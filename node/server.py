@@ -135,9 +135,8 @@ def _hand_off_ranges(
     from us, there is none, and a hand-off pass then costs one walk over the
     contacts.
     """
-    closer = _Closer((), own)
     if not _may_take_over(own, others, newcomers, ksize):
-        return closer, []
+        return _Closer((), own), []
     closer = _Closer(others, own)
     reached = [
         (low, high) for low, high in closer.open_ranges()
@@ -380,9 +379,10 @@ class AetherNode(Server):
         rewrite of every row each minute is flash wear on a phone for nothing.
         """
         contacts = [(n.id, n.ip, n.port) for n in self.protocol.contacts()] if self.protocol else []
-        if contacts and set(contacts) != self._saved_contacts:
+        current = set(contacts)
+        if current and current != self._saved_contacts:
             self.store.save_contacts(contacts)
-            self._saved_contacts = set(contacts)
+            self._saved_contacts = current
 
     # ------------------------------------------------------------- lookups
     async def lookup(
