@@ -349,6 +349,9 @@ async def test_a_pinned_pattern_survives_on_the_pinner_and_unpin_releases_it(tmp
         # The pinner's republishing (due every republish_interval; run now) keeps it findable.
         await pinner.republish_own()
         fresh = await start_node(tmp_path / "fresh", CONFIG)
+        # Light, like the node of a one-off `aether-node fetch`: a holder that met it while it
+        # joined could otherwise hand it the pattern first, and its fetch would read it locally.
+        fresh.light = True
         nodes.append(fresh)  # stopped and closed with the network
         await fresh.bootstrap([address_of(nodes[1] if nodes[1] is not pinner else nodes[2])])
         fetched = await PatternLibrary(fresh).fetch("Pattern-PIN-001")

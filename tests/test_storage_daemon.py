@@ -201,7 +201,12 @@ def test_a_restarted_daemon_keeps_its_accounting(net: Net) -> None:
     d = net.homes["d"]
     src = d.parent / "src-d"
     publish_ok(d, write(src, "own.md", pattern("Pattern-QCLI-902", "Own data of D", body="Kept.\n" * 1500)))
-    wait_held(d, net.patterns["b+c"], "cache")
+    # A cached copy made now: the fixture's may have become a replica since. Any STORE of it
+    # to D makes it one, from a holder that does not see B or C among its k = 2 closest.
+    cached = held_by(net.daemons, "b+c", 4)
+    publish_ok(net.homes["a"], write(src, "cached.md", cached))
+    ok(d, "fetch", sha(cached))
+    wait_held(d, cached, "cache")
     wait_held(d, net.patterns["b+d"], "replica")
     running = storage_of(d)
 
